@@ -1,0 +1,32 @@
+"""torch_opt: optimizers from the dynamics view of optimization, as drop-in ``torch.optim`` classes.
+
+Twin package: ``jax_opt`` (the same algorithms as optax gradient transformations).
+"""
+
+from __future__ import annotations
+
+from torch_opt.rmsprop_ode import (
+    LossTiedODE,
+    RMSpropODE,
+    damped_ode_to_momentum,
+    loss_tied_direction,
+    momentum_to_damped_ode,
+    retune_momentum,
+    rmsprop_ode_direction,
+    rmsprop_ode_global_direction,
+    rmsprop_vector_field,
+)
+from twinopt import __version__
+
+__all__ = [
+    "LossTiedODE",
+    "RMSpropODE",
+    "__version__",
+    "damped_ode_to_momentum",
+    "loss_tied_direction",
+    "momentum_to_damped_ode",
+    "retune_momentum",
+    "rmsprop_ode_direction",
+    "rmsprop_ode_global_direction",
+    "rmsprop_vector_field",
+]

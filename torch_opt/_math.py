@@ -1,0 +1,60 @@
+"""Small helpers shared by the torch_opt modules (twin: ``jax_opt/_math.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _foreach_supported_types
+
+
+def stat_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """The dtype of a statistic over ``tensors`` (a norm, a sum): float32 at least, float64 if any
+    tensor is float64 (complex tensors count by their real dtype)."""
+    dtype = torch.float32
+    for t in tensors:
+        real = t.real.dtype if t.is_complex() else t.dtype
+        dtype = torch.promote_types(dtype, real)
+    return dtype
+
+
+def sum_of_squares(tensors: Sequence[Tensor], *, like: Tensor) -> Tensor:
+    """``sum_i ||t_i||^2`` as a 0-d tensor with the dtype and device of ``like``.
+
+    Each tensor's norm is taken in ``like.dtype`` (so bf16 inputs accumulate in float32), one
+    ``_foreach_norm`` per (device, dtype) group; complex tensors count ``|z|^2``.
+    """
+    total = torch.zeros((), dtype=like.dtype, device=like.device)
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in as_real(list(tensors)):
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    for group in groups.values():
+        norms = torch._foreach_norm(group, 2, dtype=like.dtype)
+        total = total + torch.stack(norms).to(like.device).square().sum()
+    return total
+
+
+def as_real(tensors: list[Tensor]) -> list[Tensor]:
+    """``tensors`` with every complex tensor replaced by its real view (shared memory)."""
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+
+def sparse_grad_error(owner: str, param_groups: list[dict], group: dict, index: int) -> TypeError:
+    """The error for a sparse gradient, naming the parameter (by name when the group has names)."""
+    group_index = next(k for k, g in enumerate(param_groups) if g is group)
+    names = group.get("param_names")
+    label = (
+        f"parameter {names[index]!r}"
+        if names is not None
+        else f"parameter {index} of param group {group_index}"
+    )
+    return TypeError(f"{owner} does not support sparse gradients ({label} has a sparse gradient)")
+
+
+def default_foreach(params: Sequence[Tensor], differentiable: bool) -> bool:
+    """Whether ``foreach=None`` takes the ``torch._foreach_*`` path: wherever it can run (every
+    tensor of a type foreach supports, not ``differentiable``), on every device. torch.optim
+    picks it only on accelerators; on the CPU our foreach path measured faster than the
+    per-tensor kernels (benchmarks/README.md)."""
+    return not differentiable and all(type(p) in _foreach_supported_types for p in params)
