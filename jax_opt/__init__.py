@@ -1,0 +1,40 @@
+"""jax_opt: optimizers from the dynamics view of optimization, as optax gradient transformations.
+
+Twin package: ``torch_opt`` (the same algorithms as drop-in ``torch.optim`` classes).
+"""
+
+from __future__ import annotations
+
+from jax_opt.rmsprop_ode import (
+    ScaleByLossTiedODEState,
+    ScaleByRmspropODEState,
+    damped_ode_to_momentum,
+    loss_tied_direction,
+    loss_tied_ode,
+    momentum_to_damped_ode,
+    retune_momentum,
+    rmsprop_ode,
+    rmsprop_ode_direction,
+    rmsprop_ode_global_direction,
+    rmsprop_vector_field,
+    scale_by_loss_tied_ode,
+    scale_by_rmsprop_ode,
+)
+from twinopt import __version__
+
+__all__ = [
+    "ScaleByLossTiedODEState",
+    "ScaleByRmspropODEState",
+    "__version__",
+    "damped_ode_to_momentum",
+    "loss_tied_direction",
+    "loss_tied_ode",
+    "momentum_to_damped_ode",
+    "retune_momentum",
+    "rmsprop_ode",
+    "rmsprop_ode_direction",
+    "rmsprop_ode_global_direction",
+    "rmsprop_vector_field",
+    "scale_by_loss_tied_ode",
+    "scale_by_rmsprop_ode",
+]

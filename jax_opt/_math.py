@@ -1,0 +1,48 @@
+"""Small helpers shared by the jax_opt modules (twin: ``torch_opt/_math.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import sparse as jsparse
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|^2`` element-wise (``x * x`` for real ``x``; real-valued for complex ``x``)."""
+    if jnp.iscomplexobj(x):
+        return (x.real * x.real + x.imag * x.imag).astype(x.dtype)
+    return x * x
+
+
+def stat_dtype(leaves: Sequence[Any]) -> jnp.dtype:
+    """The dtype of a statistic over ``leaves`` (a norm, a sum): float32 at least, float64 if any
+    leaf is float64 (complex leaves count by their real dtype)."""
+    dtype = jnp.dtype(jnp.float32)
+    for x in leaves:
+        real = jnp.finfo(jnp.result_type(x)).dtype
+        dtype = jnp.promote_types(dtype, real)
+    return dtype
+
+
+def sum_of_squares(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
+    """``sum_i ||x_i||^2`` in ``dtype`` (complex leaves count ``|z|^2``)."""
+    total = jnp.zeros((), dtype)
+    for x in leaves:
+        x = x.astype(jnp.promote_types(x.dtype, dtype))
+        total = total + jnp.sum(jnp.real(abs_sq(x))).astype(dtype)
+    return total
+
+
+def reject_sparse(tree: Any, owner: str) -> None:
+    """Raise ``TypeError`` when ``tree`` holds a sparse array, naming its path."""
+
+    def is_sparse(x: Any) -> bool:
+        return isinstance(x, jsparse.JAXSparse)
+
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_sparse)[0]:
+        if is_sparse(leaf):
+            name = jax.tree_util.keystr(path) or "the parameter"
+            raise TypeError(f"{owner} does not support sparse gradients ({name} is a sparse array)")
