@@ -1,0 +1,93 @@
+"""torch_opt and jax_opt mirror each other: the same stems, public names, kernel signatures and
+docstring math."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pathlib
+import re
+
+import pytest
+
+from tests.backends import available
+
+pytestmark = pytest.mark.skipif(
+    not (available("torch") and available("jax")), reason="the mirror needs both packages"
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# torch.optim class -> its optax factories (alias first, then the scale_by_ building block).
+SHELLS = {
+    "RMSpropODE": ("rmsprop_ode", "scale_by_rmsprop_ode"),
+    "LossTiedODE": ("loss_tied_ode", "scale_by_loss_tied_ode"),
+}
+
+
+def public(package: str) -> set[str]:
+    return set(importlib.import_module(package).__all__) - {"__version__"}
+
+
+def stems(folder: str, prefix: str = "") -> set[str]:
+    return {
+        p.stem.removeprefix(prefix)
+        for p in (ROOT / folder).glob(f"{prefix}*.py")
+        if not p.stem.startswith("_") and p.stem != "__init__"
+    }
+
+
+def test_every_stem_has_its_twins():
+    algorithms = stems("torch_opt")
+    assert algorithms == stems("jax_opt")
+    assert algorithms <= stems("tests/reference")
+    assert algorithms <= stems("tests/equations", "test_")
+
+
+def kernels() -> set[str]:
+    torch_shells = set(SHELLS)
+    jax_shells = {name for pair in SHELLS.values() for name in pair}
+    jax_states = {n for n in public("jax_opt") if re.fullmatch(r"ScaleBy\w+State", n)}
+    torch_kernels = public("torch_opt") - torch_shells
+    jax_kernels = public("jax_opt") - jax_shells - jax_states
+    assert torch_kernels == jax_kernels, "a kernel or helper lacks its twin"
+    return torch_kernels
+
+
+def test_public_names_correspond():
+    assert kernels()
+    for cls, factories in SHELLS.items():
+        assert cls in public("torch_opt")
+        assert set(factories) <= public("jax_opt")
+
+
+@pytest.mark.parametrize(
+    "name", sorted(kernels()) if available("torch") and available("jax") else []
+)
+def test_kernel_signatures_match(name):
+    import jax_opt
+    import torch_opt
+
+    t, j = getattr(torch_opt, name), getattr(jax_opt, name)
+    if callable(t):
+        params = [(p.name, p.kind, p.default) for p in inspect.signature(t).parameters.values()]
+        assert params == [
+            (p.name, p.kind, p.default) for p in inspect.signature(j).parameters.values()
+        ]
+    else:
+        assert t == j
+
+
+def math_blocks(obj) -> list[str]:
+    doc = inspect.getdoc(obj) or ""
+    return re.findall(r"\.\. math::\n\n((?:(?: {4}.*)?\n)+)", doc + "\n")
+
+
+@pytest.mark.parametrize("stem", sorted(stems("torch_opt")))
+def test_docstring_math_is_identical(stem):
+    t = importlib.import_module(f"torch_opt.{stem}")
+    j = importlib.import_module(f"jax_opt.{stem}")
+    assert math_blocks(t) and math_blocks(t) == math_blocks(j)
+    for name in sorted(kernels()):
+        if hasattr(t, name) and callable(getattr(t, name)):
+            assert math_blocks(getattr(t, name)) == math_blocks(getattr(j, name)), name

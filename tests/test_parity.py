@@ -1,0 +1,175 @@
+"""torch_opt and jax_opt on the same NumPy inputs give the same trajectories (float64), and word
+their errors the same way."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.backends import (
+    JaxBackend,
+    TorchBackend,
+    assert_all_close,
+    assert_trajectory_close,
+    available,
+)
+from tests.reference import rmsprop_ode as ref
+from tests.strategies import (
+    arrays_like,
+    epsilons,
+    learning_rates,
+    rms_settings,
+    shapes,
+    trajectories,
+    well_conditioned_centered,
+)
+
+pytestmark = pytest.mark.skipif(
+    not (available("torch") and available("jax")), reason="parity needs torch and jax"
+)
+
+
+@pytest.fixture(scope="module")
+def both():
+    return TorchBackend(), JaxBackend()
+
+
+def run_both(both, fn):
+    torch_b, jax_b = both
+    with jax_b.x64():
+        return fn(torch_b), fn(jax_b)
+
+
+@given(traj=trajectories(), hyper=rms_settings())
+def test_rmsprop_ode_trajectories_agree(both, traj, hyper):
+    """Both scales, both eps placements, bias correction on and off, centered, momentum (at a
+    constant lr, where torch's and optax's momentum conventions coincide), initial_scale."""
+    check_trajectories(both, traj, hyper)
+
+
+@given(case=well_conditioned_centered())
+def test_centered_bias_corrected_trajectories_agree(both, case):
+    check_trajectories(both, *case, require_well_conditioned=True)
+
+
+def check_trajectories(both, traj, hyper, require_well_conditioned=False):
+    params, grad_seq = traj
+    steps = ref.trajectory(params, grad_seq, **hyper)
+    if require_well_conditioned:
+        assert all(np.all(m) for m in ref.reliable([s for _, s in steps], hyper["scale"])[-1])
+    got_torch, got_jax = run_both(both, lambda b: b.run_rmsprop(params, grad_seq, **hyper))
+    assert_trajectory_close(got_torch, steps, scale=hyper["scale"], expected=got_jax)
+    assert_trajectory_close(got_jax, steps, scale=hyper["scale"])
+
+
+@given(
+    traj=trajectories(max_steps=3),
+    losses=st.lists(st.floats(0.0, 1e3), min_size=3, max_size=3),
+    lr=learning_rates,
+    max_scale=st.floats(1e-2, 1e4),
+    min_loss=st.floats(0.0, 10.0),
+)
+def test_loss_tied_trajectories_agree(both, traj, losses, lr, max_scale, min_loss):
+    params, grad_seq = traj
+    got_torch, got_jax = run_both(
+        both,
+        lambda b: b.run_loss_tied(
+            params, grad_seq, losses, lr=lr, max_scale=max_scale, min_loss=min_loss
+        ),
+    )
+    for a, b in zip(got_torch, got_jax, strict=True):
+        assert_all_close(a, b)
+
+
+@st.composite
+def field_inputs(draw):
+    shape = draw(shapes)
+    return (
+        draw(arrays_like(shape)),
+        draw(arrays_like(shape)),
+        draw(st.floats(0.0, 5.0)),
+        draw(st.floats(0.01, 2.0)),
+        draw(st.floats(0.0, 0.5)),
+        draw(epsilons),
+        draw(st.booleans()),
+        draw(st.sampled_from(["elementwise", "global"])),
+    )
+
+
+@given(inputs=field_inputs())
+def test_vector_fields_agree(both, inputs):
+    theta, a, G0, rate, lr, eps, eps_in_sqrt, scale = inputs
+    G = np.full(theta.shape, G0) if scale == "elementwise" else np.float64(G0)
+
+    def field(b):
+        A = b.asarray(a)
+        f = b.mod.rmsprop_vector_field(
+            lambda th: A * th - th**3,
+            rate=rate,
+            lr=lr,
+            eps=eps,
+            eps_in_sqrt=eps_in_sqrt,
+            scale=scale,
+        )
+        return [b.to_numpy(x) for x in f(b.asarray(theta), b.asarray(G))]
+
+    got_torch, got_jax = run_both(both, field)
+    assert_all_close(got_torch, got_jax)
+
+
+# ------------------------------------------------------------------------------------- errors
+
+# (torch call, jax call): the same mistake in each package's own names.
+SAME_MISTAKES = [
+    (("RMSpropODE", {"lr": -0.5}), ("rmsprop_ode", {"learning_rate": -0.5})),
+    (("RMSpropODE", {"eps": -1.0}), ("rmsprop_ode", {"learning_rate": 0.1, "eps": -1.0})),
+    (("RMSpropODE", {"alpha": 1.0}), ("rmsprop_ode", {"learning_rate": 0.1, "decay": 1.0})),
+    (("RMSpropODE", {"alpha": -0.1}), ("rmsprop_ode", {"learning_rate": 0.1, "decay": -0.1})),
+    (
+        ("RMSpropODE", {"scale": "rowwise"}),
+        ("rmsprop_ode", {"learning_rate": 0.1, "scale": "rowwise"}),
+    ),
+    (
+        ("RMSpropODE", {"initial_scale": -1.0}),
+        ("rmsprop_ode", {"learning_rate": 0.1, "initial_scale": -1.0}),
+    ),
+    (("LossTiedODE", {"lr": -0.5}), ("loss_tied_ode", {"learning_rate": -0.5})),
+    (
+        ("LossTiedODE", {"max_scale": -2.0}),
+        ("loss_tied_ode", {"learning_rate": 0.1, "max_scale": -2.0}),
+    ),
+]
+RENAMES = {"lr": "learning_rate", "alpha": "decay"}
+
+
+@pytest.mark.parametrize(("torch_call", "jax_call"), SAME_MISTAKES)
+def test_bad_arguments_are_worded_the_same(both, torch_call, jax_call):
+    torch_b, jax_b = both
+    with pytest.raises(ValueError) as torch_err:
+        getattr(torch_b.mod, torch_call[0])(
+            [torch_b.torch.zeros(1, requires_grad=True)], **torch_call[1]
+        )
+    with pytest.raises(ValueError) as jax_err:
+        getattr(jax_b.mod, jax_call[0])(**jax_call[1])
+    torch_msg = str(torch_err.value)
+    for torch_name, jax_name in RENAMES.items():
+        torch_msg = torch_msg.replace(f"Invalid {torch_name}:", f"Invalid {jax_name}:")
+    assert torch_msg == str(jax_err.value)
+
+
+def test_a_missing_loss_is_worded_the_same(both):
+    torch_b, jax_b = both
+    p = torch_b.torch.zeros(1, requires_grad=True)
+    with pytest.raises(ValueError) as torch_err:
+        torch_b.mod.LossTiedODE([p]).step()
+    opt = jax_b.mod.loss_tied_ode(0.1)
+    params = jax_b.jnp.zeros(1)
+    with pytest.raises(ValueError) as jax_err:
+        opt.update(params, opt.init(params), params)
+    pattern = r"^Missing (\w+): ([\w.]+) needs the current loss \(\1: .+\)$"
+    assert re.match(pattern, str(torch_err.value))
+    assert re.match(pattern, str(jax_err.value))
