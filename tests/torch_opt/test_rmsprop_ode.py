@@ -3,6 +3,7 @@ path equal to the reference path, state_dict resumes, errors."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -146,6 +147,66 @@ def test_default_path_is_bitwise_torch_rmsprop_in_float32(kw, foreach):
             assert torch.equal(a, b)
         else:
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _large_params(dtype=torch.float32, seed=5):
+    """Tensors that exercise the CPU runs: a large one split into pieces, small ones grouped,
+    a non-contiguous one (never split) and a 0-d one."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(700, 1000), (300,), (64, 64), (2000, 300), ()]
+    ps = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    ps.append(torch.randn(500, 300, generator=gen, dtype=dtype).t().clone())
+    assert not ps[-1].is_contiguous()
+    return [p.requires_grad_() for p in ps]
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"momentum": 0.9, "centered": True, "weight_decay": 0.1, "maximize": True}]
+)
+def test_cpu_runs_and_pieces_stay_bitwise_torch_rmsprop(kw):
+    ours = _large_params()
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    gen = torch.Generator().manual_seed(6)
+    opts = [RMSpropODE(ours, **kw), torch.optim.RMSprop(theirs, **kw)]
+    for _ in range(3):
+        for a, b in zip(ours, theirs, strict=True):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        for opt in opts:
+            opt.step()
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(ours, theirs, strict=True):
+        for key in opts[1].state[b]:
+            assert torch.equal(opts[0].state[a][key], opts[1].state[b][key]), key
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {
+            "scale": "global",
+            "momentum": 0.9,
+            "centered": True,
+            "weight_decay": 0.1,
+            "initial_scale": 1.0,
+        },
+        {"eps_in_sqrt": True, "bias_correction": True, "centered": True, "initial_scale": 1.0},
+    ],
+)
+def test_cpu_runs_and_pieces_equal_the_reference_path(kw):
+    fast = _large_params(torch.float64)
+    slow = [p.detach().clone().requires_grad_() for p in fast]
+    gen = torch.Generator().manual_seed(7)
+    opts = [RMSpropODE(fast, foreach=True, **kw), RMSpropODE(slow, foreach=False, **kw)]
+    for _ in range(3):
+        for a, b in zip(fast, slow, strict=True):
+            a.grad = torch.randn(a.shape, generator=gen, dtype=torch.float64)
+            b.grad = a.grad.clone()
+        for opt in opts:
+            opt.step()
+    assert_all_close([p.detach().numpy() for p in fast], [p.detach().numpy() for p in slow])
+    assert_all_close(_state_arrays(opts[0]), _state_arrays(opts[1]))
 
 
 def test_lr_schedulers_and_param_groups_match_torch():
@@ -334,6 +395,34 @@ def test_state_dict_midway_resumes_the_identical_trajectory(kw, foreach):
         np.array_equal(x, y)
         for x, y in zip(_state_arrays(opt), _state_arrays(resumed), strict=True)
     )
+
+
+def test_a_torch_rmsprop_checkpoint_loads_and_continues_identically():
+    """A state dict of torch.optim.RMSprop lacks RMSpropODE's flags: it loads with their
+    defaults (and a Python-number step), and the run continues exactly as torch's would."""
+    gen = torch.Generator().manual_seed(8)
+    w = [torch.randn(5, 3, generator=gen), torch.randn(3, generator=gen)]
+    grads = [[torch.randn_like(p) for p in w] for _ in range(6)]
+    theirs = [p.clone().requires_grad_() for p in w]
+    peer = torch.optim.RMSprop(theirs, momentum=0.9, centered=True)
+    for gs in grads[:3]:
+        for p, g in zip(theirs, gs, strict=True):
+            p.grad = g.clone()
+        peer.step()
+    saved = copy.deepcopy(peer.state_dict())  # state_dict() shares the live per-param dicts
+    for st in saved["state"].values():
+        st["step"] = float(st["step"])  # as an old checkpoint stored it
+    ours = [p.detach().clone().requires_grad_() for p in theirs]
+    opt = RMSpropODE(ours, momentum=0.9, centered=True)
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["scale"] == "elementwise"
+    for gs in grads[3:]:
+        for a, b, g in zip(ours, theirs, gs, strict=True):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        peer.step()
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("scale", ["elementwise", "global"])
