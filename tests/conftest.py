@@ -19,7 +19,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "ci",
-    max_examples=40,
+    max_examples=75,
     deadline=None,
     derandomize=True,
     print_blob=True,
