@@ -1,0 +1,1 @@
+"""twinopt's benchmark suite: ``python -m benchmarks`` (see benchmarks/README.md)."""

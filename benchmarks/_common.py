@@ -1,0 +1,96 @@
+"""What every study shares: the run context, the result record, the environment, tables."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Context:
+    """How the suite was asked to run."""
+
+    quick: bool
+    seeds: int
+    device: str
+    out_dir: Path
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name
+
+
+@dataclass
+class StudyResult:
+    """What a study reports: a verdict line, markdown tables, figures, and its raw data."""
+
+    name: str
+    question: str
+    verdict: str
+    settings: dict[str, Any]
+    data: dict[str, Any]
+    tables: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def frameworks() -> list[str]:
+    """The installed frameworks among torch and jax (each study runs every one it can)."""
+    return [name for name in ("torch", "jax") if importlib.util.find_spec(name) is not None]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("twinopt", "numpy", "scipy", "torch", "jax", "jaxlib", "optax", "matplotlib"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def machine(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def cell(x: Any) -> str:
+        if isinstance(x, float):
+            return f"{x:.3g}"
+        return str(x)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
+    """``tqdm`` over ``items`` when it is installed, else a plain counter on stderr."""
+    try:
+        from tqdm.auto import tqdm
+
+        yield from tqdm(items, desc=desc, leave=False)
+    except ImportError:
+        import sys
+
+        for i, item in enumerate(items, 1):
+            print(f"  {desc}: {i}/{len(items)}", file=sys.stderr, flush=True)
+            yield item
