@@ -1,0 +1,37 @@
+"""Smoke test of the main job: ``python -m benchmarks --quick`` writes its report, one JSON per
+study with the agreed fields, and non-empty PNG plots. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("scipy")
+
+from benchmarks.__main__ import STUDIES, main  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_quick_run_writes_report_json_and_plots(study, tmp_path):
+    assert main(["--quick", "--only", study, "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    record = json.loads((tmp_path / f"{study}.json").read_text())
+    assert f"## {study}" in report and record["verdict"] in report
+    assert {"study", "question", "verdict", "settings", "environment", "results"} <= set(record)
+    assert {"machine", "versions"} <= set(record["environment"])
+    assert record["environment"]["versions"]["numpy"] != "not installed"
+    for figure in record["figures"]:
+        data = (tmp_path / figure).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+        assert f"]({figure})" in report
+
+
+def test_unknown_study_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--only", "no_such_study"])
+    assert info.value.code == 2
+    assert "unknown study: no_such_study" in capsys.readouterr().err
