@@ -410,8 +410,8 @@ def test_a_torch_rmsprop_checkpoint_loads_and_continues_identically():
             p.grad = g.clone()
         peer.step()
     saved = copy.deepcopy(peer.state_dict())  # state_dict() shares the live per-param dicts
-    for st in saved["state"].values():
-        st["step"] = float(st["step"])  # as an old checkpoint stored it
+    for param_state in saved["state"].values():
+        param_state["step"] = float(param_state["step"])  # as an old checkpoint stored it
     ours = [p.detach().clone().requires_grad_() for p in theirs]
     opt = RMSpropODE(ours, momentum=0.9, centered=True)
     opt.load_state_dict(saved)
