@@ -164,8 +164,9 @@ def check_shell(traj, hyper, require_well_conditioned=False):
 def test_a_checkpointed_state_resumes_the_identical_trajectory(scale):
     """The state is a pytree of arrays: saved to NumPy mid-run and restored, it continues the
     same trajectory bit for bit."""
-    opt = rmsprop_ode(0.05, centered=True, momentum=0.9, bias_correction=True,
-                      initial_scale=1.0, scale=scale)
+    opt = rmsprop_ode(
+        0.05, centered=True, momentum=0.9, bias_correction=True, initial_scale=1.0, scale=scale
+    )
     update = jax.jit(opt.update)
     params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
     grads = [jax.tree.map(lambda x, k=k: jnp.sin(x * (k + 1)), params) for k in range(6)]
@@ -180,8 +181,9 @@ def test_a_checkpointed_state_resumes_the_identical_trajectory(scale):
         params = optax.apply_updates(params, u)
         u, restored = update(g, restored, restored_params)
         restored_params = optax.apply_updates(restored_params, u)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params,
-                                     restored_params))
+    assert jax.tree.all(
+        jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, restored_params)
+    )
 
 
 @pytest.mark.parametrize("scale", ["elementwise", "global"])
