@@ -94,3 +94,21 @@ def progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
         for i, item in enumerate(items, 1):
             print(f"  {desc}: {i}/{len(items)}", file=sys.stderr, flush=True)
             yield item
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(ctx: Context, fig, name: str) -> str:
+    """Write ``fig`` as ``name`` (PNG) into the run's folder, close it, return ``name``."""
+    fig.tight_layout()
+    fig.savefig(ctx.path(name), dpi=110)
+    pyplot().close(fig)
+    return name

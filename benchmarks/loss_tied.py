@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._common import Context, StudyResult, frameworks, markdown_table, progress
+from benchmarks._common import (
+    Context,
+    StudyResult,
+    frameworks,
+    markdown_table,
+    progress,
+    pyplot,
+    save_figure,
+)
 from benchmarks.problems import SU_1D_GLOBAL_MIN, SU_1D_LOCAL_MIN, SU_1D_START, su_1d
 
 NAME = "loss_tied"
@@ -155,11 +163,7 @@ def _verdict(records) -> str:
 
 
 def plot(ctx: Context, records) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in records:
         style = "-" if r["framework"] == "torch" else "--"
@@ -168,8 +172,4 @@ def plot(ctx: Context, records) -> str:
     ax.axhline(SU_1D_LOCAL_MIN, color="0.5", lw=0.8, ls=":", label="local minimum x = 3")
     ax.set(xscale="log", xlabel="step", ylabel="x", title="Su's 1-D example, h = 0.01, M = 1000")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = "loss_tied_paths.png"
-    fig.savefig(ctx.path(name), dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(ctx, fig, "loss_tied_paths.png")

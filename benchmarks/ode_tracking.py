@@ -17,7 +17,15 @@ import time
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from benchmarks._common import Context, StudyResult, frameworks, markdown_table, progress
+from benchmarks._common import (
+    Context,
+    StudyResult,
+    frameworks,
+    markdown_table,
+    progress,
+    pyplot,
+    save_figure,
+)
 from benchmarks.problems import QUADRATIC_2D, ROSENBROCK_2D, Problem
 
 NAME = "ode_tracking"
@@ -305,11 +313,7 @@ def _verdict(records, lrs) -> str:
 
 
 def plot_errors(ctx: Context, records) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     problems = sorted({r["problem"] for r in records})
     fig, axes = plt.subplots(1, len(problems), figsize=(5.5 * len(problems), 4.2))
     for ax, problem in zip(np.atleast_1d(axes), problems, strict=True):
@@ -323,19 +327,11 @@ def plot_errors(ctx: Context, records) -> str:
         ax.axvspan(SPEC_LRS[-1], SPEC_LRS[0], color="0.9", zorder=0)
         ax.set(title=problem, xlabel="lr (Euler step in ODE time)", ylabel="error at T")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = "ode_tracking_errors.png"
-    fig.savefig(ctx.path(name), dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(ctx, fig, "ode_tracking_errors.png")
 
 
 def plot_paths(ctx: Context, paths, lrs, t_end) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     side = next(iter({k[2] for k in paths}))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, problem in zip(axes, (QUADRATIC_2D, ROSENBROCK_2D), strict=True):
@@ -358,8 +354,4 @@ def plot_paths(ctx: Context, paths, lrs, t_end) -> str:
             ax.plot(path[:, 0], path[:, 1], style, ms=3, lw=1, label=f"RMSprop, lr = {lr:.3g}")
         ax.set(title=f"{problem.name}, elementwise ({side})", xlabel="x", ylabel="y")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = "ode_tracking_paths.png"
-    fig.savefig(ctx.path(name), dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(ctx, fig, "ode_tracking_paths.png")

@@ -16,7 +16,15 @@ import time
 
 import numpy as np
 
-from benchmarks._common import Context, StudyResult, frameworks, markdown_table, progress
+from benchmarks._common import (
+    Context,
+    StudyResult,
+    frameworks,
+    markdown_table,
+    progress,
+    pyplot,
+    save_figure,
+)
 
 NAME = "step_time"
 QUESTION = "How fast is one optimizer step, against peers and against the memory limit?"
@@ -216,11 +224,7 @@ def _verdict(rows) -> str:
 
 
 def plot(ctx: Context, rows) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sets = list(dict.fromkeys(r["set"] for r in rows))
     fig, axes = plt.subplots(
         1, len(sets), figsize=(6.5 * len(sets), 0.45 * len(rows) + 1.5), sharey=True
@@ -232,8 +236,4 @@ def plot(ctx: Context, rows) -> str:
         ax.barh(labels, [r["ms"] for r in chosen], color=colors)
         ax.invert_yaxis()
         ax.set(title=f"{set_name} float32, {ctx.device}", xlabel="ms per step (grey: peer)")
-    fig.tight_layout()
-    name = "step_time.png"
-    fig.savefig(ctx.path(name), dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(ctx, fig, "step_time.png")

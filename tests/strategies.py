@@ -82,6 +82,92 @@ def rms_settings(draw, *, momentum: bool = True) -> dict:
     }
 
 
+@st.composite
+def loss_tied_runs(draw):
+    """``(params, grad_seq, losses, hyper)`` for the loss-tied step (a loss per step)."""
+    params, grad_seq = draw(trajectories(max_steps=3))
+    losses = draw(st.lists(st.floats(0.0, 1e3), min_size=len(grad_seq), max_size=len(grad_seq)))
+    hyper = {
+        "lr": draw(learning_rates),
+        "max_scale": draw(st.floats(1e-2, 1e4)),
+        "min_loss": draw(st.floats(0.0, 10.0)),
+    }
+    return params, grad_seq, losses, hyper
+
+
+# torch.optim.RMSprop's arguments (and RMSpropODE's, which takes them all).
+torch_rmsprop_kwargs = st.fixed_dictionaries(
+    {
+        "lr": learning_rates,
+        "alpha": decays,
+        "eps": epsilons,
+        "weight_decay": weight_decays,
+        "momentum": momenta,
+        "centered": st.booleans(),
+        "maximize": st.booleans(),
+    }
+)
+# optax.rmsprop's arguments after learning_rate (and rmsprop_ode's, which takes them all).
+optax_rmsprop_kwargs = st.fixed_dictionaries(
+    {
+        "decay": decays,
+        "eps": epsilons,
+        "initial_scale": st.one_of(st.just(0.0), st.floats(0.0, 2.0)),
+        "eps_in_sqrt": st.booleans(),
+        "centered": st.booleans(),
+        "momentum": st.one_of(st.none(), st.floats(0.05, 0.99)),
+        "nesterov": st.booleans(),
+        "bias_correction": st.booleans(),
+    }
+)
+
+TORCH_DEFAULTS = {
+    "lr": 1e-2,
+    "alpha": 0.99,
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "momentum": 0.0,
+    "centered": False,
+    "maximize": False,
+}
+OPTAX_DEFAULTS = {
+    "decay": 0.9,
+    "eps": 1e-8,
+    "initial_scale": 0.0,
+    "eps_in_sqrt": True,
+    "centered": False,
+    "momentum": None,
+    "nesterov": False,
+    "bias_correction": False,
+}
+RMS_DEFAULTS = {
+    "lr": 0.1,
+    "decay": 0.9,
+    "eps": 1e-8,
+    "eps_in_sqrt": True,
+    "centered": False,
+    "bias_correction": False,
+    "initial_scale": 0.0,
+    "momentum": 0.0,
+    "scale": "elementwise",
+}
+
+
+def torch_example(**overrides) -> dict:
+    """A full ``torch_rmsprop_kwargs`` draw for ``@example``: torch's defaults, overridden."""
+    return {**TORCH_DEFAULTS, **overrides}
+
+
+def optax_example(**overrides) -> dict:
+    """A full ``optax_rmsprop_kwargs`` draw for ``@example``: optax's defaults, overridden."""
+    return {**OPTAX_DEFAULTS, **overrides}
+
+
+def rms_example(**overrides) -> dict:
+    """A full ``rms_settings()`` draw for ``@example``."""
+    return {**RMS_DEFAULTS, **overrides}
+
+
 ZERO_GRADS = ([np.ones((2, 3)), np.array(-1.5)], [[np.zeros((2, 3)), np.array(0.0)]])
 HUGE_AND_TINY = (
     [np.array([1.0, -2.0, 3.0])],

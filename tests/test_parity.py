@@ -21,7 +21,7 @@ from tests.reference import rmsprop_ode as ref
 from tests.strategies import (
     arrays_like,
     epsilons,
-    learning_rates,
+    loss_tied_runs,
     rms_settings,
     shapes,
     trajectories,
@@ -66,20 +66,11 @@ def check_trajectories(both, traj, hyper, require_well_conditioned=False):
     assert_trajectory_close(got_jax, steps, scale=hyper["scale"])
 
 
-@given(
-    traj=trajectories(max_steps=3),
-    losses=st.lists(st.floats(0.0, 1e3), min_size=3, max_size=3),
-    lr=learning_rates,
-    max_scale=st.floats(1e-2, 1e4),
-    min_loss=st.floats(0.0, 10.0),
-)
-def test_loss_tied_trajectories_agree(both, traj, losses, lr, max_scale, min_loss):
-    params, grad_seq = traj
+@given(run=loss_tied_runs())
+def test_loss_tied_trajectories_agree(both, run):
+    params, grad_seq, losses, hyper = run
     got_torch, got_jax = run_both(
-        both,
-        lambda b: b.run_loss_tied(
-            params, grad_seq, losses, lr=lr, max_scale=max_scale, min_loss=min_loss
-        ),
+        both, lambda b: b.run_loss_tied(params, grad_seq, losses, **hyper)
     )
     for a, b in zip(got_torch, got_jax, strict=True):
         assert_all_close(a, b)

@@ -14,6 +14,8 @@ from tests.strategies import (
     ZERO_GRADS,
     arrays_like,
     epsilons,
+    loss_tied_runs,
+    rms_example,
     rms_settings,
     shapes,
     tensor_lists,
@@ -70,33 +72,10 @@ def oracle_directions(params, grad_seq, hyper):
 
 
 @given(traj=trajectories(), hyper=rms_settings(momentum=False))
-@example(
-    traj=ZERO_GRADS,
-    hyper={
-        "lr": 0.1,
-        "decay": 0.9,
-        "eps": 1e-8,
-        "eps_in_sqrt": True,
-        "centered": False,
-        "bias_correction": False,
-        "initial_scale": 0.0,
-        "momentum": 0.0,
-        "scale": "elementwise",
-    },
-)
+@example(traj=ZERO_GRADS, hyper=rms_example())
 @example(
     traj=HUGE_AND_TINY,
-    hyper={
-        "lr": 0.1,
-        "decay": 0.0,
-        "eps": 1e-8,
-        "eps_in_sqrt": False,
-        "centered": False,
-        "bias_correction": True,
-        "initial_scale": 0.0,
-        "momentum": 0.0,
-        "scale": "global",
-    },
+    hyper=rms_example(decay=0.0, eps_in_sqrt=False, bias_correction=True, scale="global"),
 )
 def test_direction_kernels_equal_oracle(backend, traj, hyper):
     check_directions(backend, *traj, hyper)
@@ -141,6 +120,16 @@ def test_loss_tied_direction_equals_oracle(backend, grads, loss, max_scale, min_
             [backend.asarray(g) for g in grads], loss, max_scale=max_scale, min_loss=min_loss
         )
         assert_all_close([backend.to_numpy(d) for d in got], want)
+
+
+@given(run=loss_tied_runs())
+def test_loss_tied_optimizer_equals_oracle(backend, run):
+    """LossTiedODE / loss_tied_ode over several steps, a loss per step."""
+    params, grad_seq, losses, hyper = run
+    with backend.x64():
+        got = backend.run_loss_tied(params, grad_seq, losses, **hyper)
+    for a, b in zip(got, ref.loss_tied_run(params, grad_seq, losses, **hyper), strict=True):
+        assert_all_close(a, b)
 
 
 @st.composite

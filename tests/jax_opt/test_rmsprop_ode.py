@@ -6,15 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import example, given
-from hypothesis import strategies as st
 
 from tests.backends import JaxBackend, assert_all_close, assert_close, assert_trajectory_close
 from tests.reference import rmsprop_ode as ref
 from tests.strategies import (
     ZERO_GRADS,
-    decays,
-    epsilons,
     learning_rates,
+    optax_example,
+    optax_rmsprop_kwargs,
     rms_settings,
     trajectories,
     well_conditioned_centered,
@@ -42,45 +41,20 @@ def drive(opt, params, grad_seq, **extra):
     return out, state
 
 
-OPTAX_ARGS = {
-    "decay": decays,
-    "eps": epsilons,
-    "initial_scale": st.one_of(st.just(0.0), st.floats(0.0, 2.0)),
-    "eps_in_sqrt": st.booleans(),
-    "centered": st.booleans(),
-    "momentum": st.one_of(st.none(), st.floats(0.05, 0.99)),
-    "nesterov": st.booleans(),
-    "bias_correction": st.booleans(),
-}
-
-
-@given(traj=trajectories(), lr=learning_rates, args=st.fixed_dictionaries(OPTAX_ARGS))
-@example(
-    traj=ZERO_GRADS,
-    lr=0.1,
-    args={
-        "decay": 0.9,
-        "eps": 1e-8,
-        "initial_scale": 0.0,
-        "eps_in_sqrt": True,
-        "centered": False,
-        "momentum": None,
-        "nesterov": False,
-        "bias_correction": False,
-    },
-)
-def test_equals_optax_rmsprop(traj, lr, args):
+@given(traj=trajectories(), lr=learning_rates, kw=optax_rmsprop_kwargs)
+@example(traj=ZERO_GRADS, lr=0.1, kw=optax_example())
+def test_equals_optax_rmsprop(traj, lr, kw):
     params, grad_seq = traj
     steps = ref.trajectory(
         params,
         grad_seq,
         lr=lr,
         momentum_style="optax",
-        **{**args, "momentum": args["momentum"] or 0.0},
+        **{**kw, "momentum": kw["momentum"] or 0.0},
     )
     with jax.enable_x64(True):
-        got, _ = drive(rmsprop_ode(lr, **args), params, grad_seq)
-        want, _ = drive(optax.rmsprop(lr, **args), params, grad_seq)
+        got, _ = drive(rmsprop_ode(lr, **kw), params, grad_seq)
+        want, _ = drive(optax.rmsprop(lr, **kw), params, grad_seq)
     assert_trajectory_close(got, steps, expected=want)
 
 
@@ -298,29 +272,6 @@ def test_loss_tied_needs_value_and_ignores_unknown_extra_args():
         opt.update(params, state, params)
     u, _ = opt.update(params, state, params, value=2.0, unexpected_extra_arg=1)
     np.testing.assert_allclose(u, -0.1 * 2.0 * np.ones(2) / 2.0, rtol=1e-6)
-
-
-@given(
-    traj=trajectories(max_steps=3),
-    losses=st.lists(st.floats(0.0, 1e3), min_size=3, max_size=3),
-    lr=learning_rates,
-    max_scale=st.floats(1e-2, 1e4),
-    min_loss=st.floats(0.0, 10.0),
-)
-def test_loss_tied_equals_oracle(traj, losses, lr, max_scale, min_loss):
-    params, grad_seq = traj
-    want, ps_ref = [], params
-    for grads, loss in zip(grad_seq, losses, strict=False):
-        ps_ref = ref.loss_tied_step(
-            ps_ref, grads, loss, lr=lr, max_scale=max_scale, min_loss=min_loss
-        )
-        want.append(ps_ref)
-    with jax.enable_x64(True):
-        got = jax_backend.run_loss_tied(
-            params, grad_seq, losses, lr=lr, max_scale=max_scale, min_loss=min_loss
-        )
-    for a, b in zip(got, want, strict=True):
-        assert_all_close(a, b)
 
 
 def test_loss_tied_takes_a_schedule():

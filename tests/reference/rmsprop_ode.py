@@ -220,6 +220,13 @@ def trajectory(
     return out
 
 
+def from_torch(kwargs: dict) -> dict:
+    """torch.optim.RMSprop's keyword arguments in the oracle's names (``alpha`` is ``decay``)."""
+    out = dict(kwargs)
+    out["decay"] = out.pop("alpha")
+    return out
+
+
 def run(params, grad_seq, **kwargs) -> list[Arrays]:
     """The parameters after every step of :func:`trajectory`."""
     return [p for p, _ in trajectory(params, grad_seq, **kwargs)]
@@ -324,6 +331,15 @@ def loss_tied_step(
     return [
         np.asarray(p, np.float64) - lr * factor * x for p, x in zip(params, g, strict=True)
     ]  # (15)
+
+
+def loss_tied_run(params, grad_seq, losses, **hyper) -> list[Arrays]:
+    """:func:`loss_tied_step` once per (gradients, loss); the parameters after every step."""
+    out = []
+    for grads, loss in zip(grad_seq, losses, strict=True):
+        params = loss_tied_step(params, grads, loss, **hyper)
+        out.append(params)
+    return out
 
 
 def su_example(x: float) -> tuple[float, float]:

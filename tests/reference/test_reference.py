@@ -13,85 +13,30 @@ from tests.reference import rmsprop_ode as ref
 from tests.strategies import (
     HUGE_AND_TINY,
     ZERO_GRADS,
-    decays,
     epsilons,
     learning_rates,
-    momenta,
+    optax_example,
+    optax_rmsprop_kwargs,
+    torch_example,
+    torch_rmsprop_kwargs,
     trajectories,
-    weight_decays,
 )
 
 # ------------------------------------------------------------------------- upstream: torch.optim
 
 
-@given(
-    traj=trajectories(),
-    lr=learning_rates,
-    alpha=decays,
-    eps=epsilons,
-    weight_decay=weight_decays,
-    momentum=momenta,
-    centered=st.booleans(),
-    maximize=st.booleans(),
-)
+@given(traj=trajectories(), kw=torch_rmsprop_kwargs)
+@example(traj=ZERO_GRADS, kw=torch_example(lr=0.1))
+@example(traj=HUGE_AND_TINY, kw=torch_example(alpha=0.0, momentum=0.9, maximize=True))
 @example(
-    traj=ZERO_GRADS,
-    lr=0.1,
-    alpha=0.99,
-    eps=1e-8,
-    weight_decay=0.0,
-    momentum=0.0,
-    centered=False,
-    maximize=False,
+    traj=HUGE_AND_TINY, kw=torch_example(alpha=0.5, weight_decay=0.1, momentum=0.9, centered=True)
 )
-@example(
-    traj=HUGE_AND_TINY,
-    lr=0.01,
-    alpha=0.0,
-    eps=1e-8,
-    weight_decay=0.0,
-    momentum=0.9,
-    centered=False,
-    maximize=True,
-)
-@example(
-    traj=HUGE_AND_TINY,
-    lr=0.01,
-    alpha=0.5,
-    eps=1e-8,
-    weight_decay=0.1,
-    momentum=0.9,
-    centered=True,
-    maximize=False,
-)
-def test_oracle_equals_torch_rmsprop(
-    traj, lr, alpha, eps, weight_decay, momentum, centered, maximize
-):
+def test_oracle_equals_torch_rmsprop(traj, kw):
     torch = pytest.importorskip("torch")
     params, grad_seq = traj
     ps = [torch.tensor(p, requires_grad=True) for p in params]
-    opt = torch.optim.RMSprop(
-        ps,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
-    expected = ref.trajectory(
-        params,
-        grad_seq,
-        lr=lr,
-        decay=alpha,
-        eps=eps,
-        eps_in_sqrt=False,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
+    opt = torch.optim.RMSprop(ps, **kw)
+    expected = ref.trajectory(params, grad_seq, eps_in_sqrt=False, **ref.from_torch(kw))
     got = []
     for grads in grad_seq:
         for p, g in zip(ps, grads, strict=True):
@@ -121,63 +66,18 @@ def test_oracle_bias_correction_equals_adam_without_first_moment(traj, lr, beta2
 # ------------------------------------------------------------------------------ upstream: optax
 
 
-@given(
-    traj=trajectories(),
-    lr=learning_rates,
-    decay=decays,
-    eps=epsilons,
-    initial_scale=st.one_of(st.just(0.0), st.floats(0.0, 2.0)),
-    eps_in_sqrt=st.booleans(),
-    centered=st.booleans(),
-    momentum=st.one_of(st.none(), st.floats(0.05, 0.99)),
-    nesterov=st.booleans(),
-    bias_correction=st.booleans(),
-)
-@example(
-    traj=ZERO_GRADS,
-    lr=0.1,
-    decay=0.9,
-    eps=1e-8,
-    initial_scale=0.0,
-    eps_in_sqrt=True,
-    centered=False,
-    momentum=None,
-    nesterov=False,
-    bias_correction=False,
-)
-def test_oracle_equals_optax_rmsprop(
-    traj, lr, decay, eps, initial_scale, eps_in_sqrt, centered, momentum, nesterov, bias_correction
-):
+@given(traj=trajectories(), lr=learning_rates, kw=optax_rmsprop_kwargs)
+@example(traj=ZERO_GRADS, lr=0.1, kw=optax_example())
+def test_oracle_equals_optax_rmsprop(traj, lr, kw):
     jax = pytest.importorskip("jax")
     optax = pytest.importorskip("optax")
     params, grad_seq = traj
     expected = ref.trajectory(
-        params,
-        grad_seq,
-        lr=lr,
-        decay=decay,
-        eps=eps,
-        eps_in_sqrt=eps_in_sqrt,
-        centered=centered,
-        momentum=momentum or 0.0,
-        nesterov=nesterov,
-        momentum_style="optax",
-        bias_correction=bias_correction,
-        initial_scale=initial_scale,
+        params, grad_seq, lr=lr, momentum_style="optax", **{**kw, "momentum": kw["momentum"] or 0.0}
     )
     got = []
     with jax.enable_x64(True):
-        opt = optax.rmsprop(
-            lr,
-            decay=decay,
-            eps=eps,
-            initial_scale=initial_scale,
-            eps_in_sqrt=eps_in_sqrt,
-            centered=centered,
-            momentum=momentum,
-            nesterov=nesterov,
-            bias_correction=bias_correction,
-        )
+        opt = optax.rmsprop(lr, **kw)
         ps = [jax.numpy.asarray(p) for p in params]
         state = opt.init(ps)
         for grads in grad_seq:

@@ -16,11 +16,10 @@ from tests.reference import rmsprop_ode as ref
 from tests.strategies import (
     HUGE_AND_TINY,
     ZERO_GRADS,
-    decays,
-    epsilons,
-    learning_rates,
-    momenta,
+    rms_example,
     rms_settings,
+    torch_example,
+    torch_rmsprop_kwargs,
     trajectories,
     weight_decays,
     well_conditioned_centered,
@@ -50,69 +49,20 @@ def leaves(arrays, dtype=torch.float64):
 # ------------------------------------------------------------------- equal to torch.optim.RMSprop
 
 
-@given(
-    traj=trajectories(),
-    lr=learning_rates,
-    alpha=decays,
-    eps=epsilons,
-    weight_decay=weight_decays,
-    momentum=momenta,
-    centered=st.booleans(),
-    maximize=st.booleans(),
-    foreach=st.booleans(),
-)
-@example(
-    traj=ZERO_GRADS,
-    lr=0.01,
-    alpha=0.99,
-    eps=1e-8,
-    weight_decay=0.0,
-    momentum=0.0,
-    centered=False,
-    maximize=False,
-    foreach=False,
-)
+@given(traj=trajectories(), kw=torch_rmsprop_kwargs, foreach=st.booleans())
+@example(traj=ZERO_GRADS, kw=torch_example(), foreach=False)
 @example(
     traj=HUGE_AND_TINY,
-    lr=0.01,
-    alpha=0.0,
-    eps=1e-8,
-    weight_decay=0.1,
-    momentum=0.9,
-    centered=True,
-    maximize=True,
+    kw=torch_example(alpha=0.0, weight_decay=0.1, momentum=0.9, centered=True, maximize=True),
     foreach=False,
 )
-def test_equals_torch_rmsprop(
-    traj, lr, alpha, eps, weight_decay, momentum, centered, maximize, foreach
-):
+def test_equals_torch_rmsprop(traj, kw, foreach):
     params, grad_seq = traj
-    kw = {
-        "lr": lr,
-        "alpha": alpha,
-        "eps": eps,
-        "weight_decay": weight_decay,
-        "momentum": momentum,
-        "centered": centered,
-        "maximize": maximize,
-        "foreach": foreach,
-    }
     ours = leaves(params)
     theirs = leaves(params)
-    got = drive(RMSpropODE(ours, **kw), ours, grad_seq)
-    want = drive(torch.optim.RMSprop(theirs, **kw), theirs, grad_seq)
-    steps = ref.trajectory(
-        params,
-        grad_seq,
-        lr=lr,
-        decay=alpha,
-        eps=eps,
-        eps_in_sqrt=False,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
+    got = drive(RMSpropODE(ours, foreach=foreach, **kw), ours, grad_seq)
+    want = drive(torch.optim.RMSprop(theirs, foreach=foreach, **kw), theirs, grad_seq)
+    steps = ref.trajectory(params, grad_seq, eps_in_sqrt=False, **ref.from_torch(kw))
     assert_trajectory_close(got, steps, expected=want)
 
 
@@ -247,17 +197,7 @@ def test_lr_schedulers_and_param_groups_match_torch():
 )
 @example(
     traj=ZERO_GRADS,
-    hyper={
-        "lr": 0.1,
-        "decay": 0.9,
-        "eps": 1e-8,
-        "eps_in_sqrt": True,
-        "centered": True,
-        "bias_correction": True,
-        "initial_scale": 0.0,
-        "momentum": 0.9,
-        "scale": "global",
-    },
+    hyper=rms_example(centered=True, bias_correction=True, momentum=0.9, scale="global"),
     weight_decay=0.0,
     maximize=False,
     foreach=True,
@@ -551,28 +491,6 @@ def test_loss_tied_needs_a_closure_that_returns_the_loss():
         opt.step()
     with pytest.raises(ValueError, match=r"^Missing loss:"):
         opt.step(lambda: None)
-
-
-@given(
-    traj=trajectories(max_steps=3),
-    losses=st.lists(st.floats(0.0, 1e3), min_size=3, max_size=3),
-    lr=learning_rates,
-    max_scale=st.floats(1e-2, 1e4),
-    min_loss=st.floats(0.0, 10.0),
-)
-def test_loss_tied_equals_oracle(traj, losses, lr, max_scale, min_loss):
-    params, grad_seq = traj
-    want, ps_ref = [], params
-    for grads, loss in zip(grad_seq, losses, strict=False):
-        ps_ref = ref.loss_tied_step(
-            ps_ref, grads, loss, lr=lr, max_scale=max_scale, min_loss=min_loss
-        )
-        want.append(ps_ref)
-    got = torch_backend.run_loss_tied(
-        params, grad_seq, losses, lr=lr, max_scale=max_scale, min_loss=min_loss
-    )
-    for a, b in zip(got, want, strict=True):
-        assert_all_close(a, b)
 
 
 def test_loss_tied_norm_is_per_param_group():
