@@ -378,14 +378,12 @@ class RMSpropODE(Optimizer):
 
     def _init_group(self, group, params, grads, square_avgs, grad_avgs, momentum_bufs, steps):
         """Collect the params with gradients and their state, creating state lazily."""
-        has_complex = False
         elementwise = group["scale"] == "elementwise"
         for i, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
                 raise sparse_grad_error("RMSpropODE", self.param_groups, group, i)
-            has_complex |= torch.is_complex(p)
             params.append(p)
             grads.append(p.grad)
             state = self.state[p]
@@ -406,7 +404,6 @@ class RMSpropODE(Optimizer):
                 grad_avgs.append(state["grad_avg"])
             if group["momentum"] > 0:
                 momentum_bufs.append(state["momentum_buffer"])
-        return has_complex
 
     @staticmethod
     def _global_state(group: dict, params: list[Tensor]) -> tuple[Tensor, Tensor]:
