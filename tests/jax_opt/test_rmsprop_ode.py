@@ -285,7 +285,6 @@ def test_loss_tied_takes_a_schedule():
 
 def test_su_example_loss_tied_escapes_where_sgd_stalls():
     """math.md §1.4: settles within 1e-3 of x* for 500 consecutive steps within 20000 steps."""
-    from tests.reference.test_reference import settles
 
     def f(x):
         return x * (x - 1) * (x - 3) ** 2 + 1.62276
@@ -303,5 +302,7 @@ def test_su_example_loss_tied_escapes_where_sgd_stalls():
         return np.asarray(xs)
 
     with jax.enable_x64(True):
-        assert settles(trajectory(loss_tied_ode(0.01, max_scale=1000.0), 20000), ref.SU_GLOBAL_MIN)
+        assert ref.settles(
+            trajectory(loss_tied_ode(0.01, max_scale=1000.0), 20000), ref.SU_GLOBAL_MIN
+        )
         np.testing.assert_allclose(trajectory(optax.sgd(0.01), 2500)[-1], 3.0, atol=1e-6)

@@ -352,6 +352,17 @@ def su_example(x: float) -> tuple[float, float]:
 SU_GLOBAL_MIN = 0.40693  # math.md §1.4
 
 
+def settles(xs: np.ndarray, target: float, tol: float = 1e-3, run: int = 500) -> bool:
+    """Whether ``xs`` stays within ``tol`` of ``target`` for ``run`` consecutive steps."""
+    inside = np.abs(xs - target) < tol
+    streak = 0
+    for flag in inside:
+        streak = streak + 1 if flag else 0
+        if streak >= run:
+            return True
+    return False
+
+
 # --------------------------------------------------------------------------------------------
 # Momentum from the damped ODE (math.md §1.2)
 #

@@ -510,7 +510,6 @@ def test_loss_tied_norm_is_per_param_group():
 
 def test_su_example_loss_tied_escapes_where_sgd_stalls():
     """math.md §1.4: settles within 1e-3 of x* for 500 consecutive steps within 20000 steps."""
-    from tests.reference.test_reference import settles
 
     def f(x):
         return x * (x - 1) * (x - 3) ** 2 + 1.62276
@@ -531,5 +530,5 @@ def test_su_example_loss_tied_escapes_where_sgd_stalls():
             xs.append(x.item())
         return np.array(xs)
 
-    assert settles(trajectory(LossTiedODE, 20000, max_scale=1000.0), ref.SU_GLOBAL_MIN)
+    assert ref.settles(trajectory(LossTiedODE, 20000, max_scale=1000.0), ref.SU_GLOBAL_MIN)
     np.testing.assert_allclose(trajectory(torch.optim.SGD, 2500)[-1], 3.0, atol=1e-6)

@@ -245,17 +245,6 @@ def su_trajectory(step_fn, steps: int = 20000) -> np.ndarray:
     return np.array(xs)
 
 
-def settles(xs: np.ndarray, target: float, tol: float = 1e-3, run: int = 500) -> bool:
-    """Whether ``xs`` stays within ``tol`` of ``target`` for ``run`` consecutive steps."""
-    inside = np.abs(xs - target) < tol
-    streak = 0
-    for flag in inside:
-        streak = streak + 1 if flag else 0
-        if streak >= run:
-            return True
-    return False
-
-
 def test_su_example_loss_tied_escapes_where_gradient_descent_stalls():
     """§1.5 (7): Su's 1-D example (math.md §1.4)."""
 
@@ -268,7 +257,7 @@ def test_su_example_loss_tied_escapes_where_gradient_descent_stalls():
     def gd(x):
         return x - 0.01 * ref.su_example(x)[1]
 
-    assert settles(su_trajectory(loss_tied), ref.SU_GLOBAL_MIN)
+    assert ref.settles(su_trajectory(loss_tied), ref.SU_GLOBAL_MIN)
     xs = su_trajectory(gd, 2500)
     np.testing.assert_allclose(xs[-1], 3.0, atol=1e-6)
     np.testing.assert_allclose(ref.su_example(xs[-1])[0], 1.62276, atol=1e-6)
