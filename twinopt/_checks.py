@@ -47,6 +47,22 @@ def check_decay(name: str, value: Any) -> None:
         raise fail(name, v, "in [0, 1)")
 
 
+def check_fraction(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``0 <= value <= 1`` (NaN fails)."""
+    v = concrete(value)
+    if v is not None and not 0.0 <= v <= 1.0:
+        raise fail(name, v, "in [0, 1]")
+
+
+def check_same_shape(name: str, shape: Any, other: str, other_shape: Any) -> None:
+    """Raise ``ValueError`` unless ``shape == other_shape`` (both as tuples)."""
+    if tuple(shape) != tuple(other_shape):
+        raise ValueError(
+            f"Invalid {name}: shape {tuple(shape)} (must match the shape of {other}, "
+            f"{tuple(other_shape)})"
+        )
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     choices = tuple(choices)
@@ -55,6 +71,11 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
         raise fail(name, value, f"one of {allowed}")
 
 
+def missing(name: str, owner: str, what: str, how: str) -> ValueError:
+    """The error for a call that lacks an argument it needs: ``Missing closure: ...``."""
+    return ValueError(f"Missing {name}: {owner} needs {what} ({name}: {how})")
+
+
 def missing_loss(name: str, owner: str, how: str) -> ValueError:
     """The error for an optimizer that needs the loss and was not given it."""
-    return ValueError(f"Missing {name}: {owner} needs the current loss ({name}: {how})")
+    return missing(name, owner, "the current loss", how)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twinopt._checks import check_nonnegative, check_positive, concrete, fail
+from twinopt._checks import check_decay, check_nonnegative, check_positive, concrete, fail
 
 
 def damped_ode_to_momentum(step_size: Any, friction: Any) -> tuple[Any, Any]:
@@ -73,6 +73,28 @@ def momentum_to_damped_ode(lr: Any, momentum: Any) -> tuple[Any, Any]:
     step_size = (2 * lr / (1 + momentum)) ** 0.5
     friction = 2 * (1 - momentum) / ((1 + momentum) * step_size)
     return step_size, friction
+
+
+def igr_coefficient(lr: Any, momentum: Any = 0.0) -> Any:
+    """The coefficient ``mu`` of the implicit gradient regularization of (heavy-ball) descent.
+
+    Gradient descent with step ``lr`` follows, to second order in ``lr``, the gradient flow of
+    ``L + mu ||grad L||^2`` with ``mu = lr / 4`` (math.md §5.1); heavy ball with momentum
+    ``beta`` follows, in the time ``t = n lr / (1 - beta)``, the flow of the same objective with
+    ``mu = lr (1 + beta) / (4 (1 - beta)^2)`` (math.md §5.4), which is ``lr / 4`` at
+    ``beta = 0``. Pass it as ``mu`` to an explicit penalty to reproduce (or double) the
+    implicit one.
+
+    Args:
+        lr: The learning rate ``h >= 0``.
+        momentum: The heavy-ball momentum ``beta`` in ``[0, 1)``.
+
+    Returns:
+        ``mu``.
+    """
+    check_nonnegative("lr", lr)
+    check_decay("momentum", momentum)
+    return lr * (1 + momentum) / (4 * (1 - momentum) ** 2)
 
 
 def retune_momentum(momentum: Any, ratio: Any) -> Any:
