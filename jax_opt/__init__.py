@@ -5,6 +5,22 @@ Twin package: ``torch_opt`` (the same algorithms as drop-in ``torch.optim`` clas
 
 from __future__ import annotations
 
+from jax_opt.flooding import (
+    FloodGradientsState,
+    adaflood,
+    adaflood_levels,
+    flood,
+    flood_gradients,
+    flooded,
+    iflood,
+)
+from jax_opt.penalty import (
+    FiniteDifferencePenaltyState,
+    finite_difference_gradient,
+    finite_difference_penalty,
+    igr_coefficient,
+    penalized,
+)
 from jax_opt.rmsprop_ode import (
     ScaleByLossTiedODEState,
     ScaleByRmspropODEState,
@@ -23,13 +39,25 @@ from jax_opt.rmsprop_ode import (
 from twinopt import __version__
 
 __all__ = [
+    "FiniteDifferencePenaltyState",
+    "FloodGradientsState",
     "ScaleByLossTiedODEState",
     "ScaleByRmspropODEState",
     "__version__",
+    "adaflood",
+    "adaflood_levels",
     "damped_ode_to_momentum",
+    "finite_difference_gradient",
+    "finite_difference_penalty",
+    "flood",
+    "flood_gradients",
+    "flooded",
+    "iflood",
+    "igr_coefficient",
     "loss_tied_direction",
     "loss_tied_ode",
     "momentum_to_damped_ode",
+    "penalized",
     "retune_momentum",
     "rmsprop_ode",
     "rmsprop_ode_direction",

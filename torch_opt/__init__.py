@@ -5,6 +5,13 @@ Twin package: ``jax_opt`` (the same algorithms as optax gradient transformations
 
 from __future__ import annotations
 
+from torch_opt.flooding import Flooding, adaflood, adaflood_levels, flood, iflood
+from torch_opt.penalty import (
+    FiniteDifferencePenalty,
+    finite_difference_gradient,
+    gradient_norm_penalty,
+    igr_coefficient,
+)
 from torch_opt.rmsprop_ode import (
     LossTiedODE,
     RMSpropODE,
@@ -19,10 +26,19 @@ from torch_opt.rmsprop_ode import (
 from twinopt import __version__
 
 __all__ = [
+    "FiniteDifferencePenalty",
+    "Flooding",
     "LossTiedODE",
     "RMSpropODE",
     "__version__",
+    "adaflood",
+    "adaflood_levels",
     "damped_ode_to_momentum",
+    "finite_difference_gradient",
+    "flood",
+    "gradient_norm_penalty",
+    "iflood",
+    "igr_coefficient",
     "loss_tied_direction",
     "momentum_to_damped_ode",
     "retune_momentum",
