@@ -111,6 +111,19 @@ class Backend:
     def run_loss_tied(self, params, grad_seq, losses, **hyper) -> list[list[np.ndarray]]:
         raise NotImplementedError
 
+    def value_and_grad(self, f, x) -> tuple[float, np.ndarray]:
+        """``f(x)`` and its gradient by the framework's autodiff (``f`` takes a framework
+        array and returns a scalar)."""
+        raise NotImplementedError
+
+    def penalized_value_and_grad(self, f, x, mu) -> tuple[float, np.ndarray]:
+        """``f + mu ||grad f||^2`` at ``x`` and its gradient, by the package's exact penalty."""
+        raise NotImplementedError
+
+    def fd_penalty_step(self, f, x, *, mu, delta, lr) -> np.ndarray:
+        """One SGD step (lr) on the package's finite-difference penalized gradient of ``f``."""
+        raise NotImplementedError
+
 
 class TorchBackend(Backend):
     name = "torch"
@@ -121,6 +134,7 @@ class TorchBackend(Backend):
         import torch_opt
 
         self.torch = torch
+        self.xp = torch
         self.mod = torch_opt
 
     def asarray(self, x):
@@ -152,6 +166,32 @@ class TorchBackend(Backend):
         ps = [self.asarray(p).requires_grad_() for p in params]
         return self._drive(self.mod.LossTiedODE(ps, **hyper), ps, grad_seq, losses)
 
+    def value_and_grad(self, f, x):
+        x = self.asarray(x).requires_grad_()
+        value = f(x)
+        (g,) = self.torch.autograd.grad(value, x)
+        return float(value.detach()), self.to_numpy(g)
+
+    def penalized_value_and_grad(self, f, x, mu):
+        x = self.asarray(x).requires_grad_()
+        loss = f(x)
+        total = loss + mu * self.mod.gradient_norm_penalty(loss, [x])
+        total.backward()
+        return float(total.detach()), self.to_numpy(x.grad)
+
+    def fd_penalty_step(self, f, x, *, mu, delta, lr):
+        x = self.asarray(x).requires_grad_()
+        opt = self.mod.FiniteDifferencePenalty(self.torch.optim.SGD([x], lr=lr), mu, delta)
+
+        def closure():
+            opt.zero_grad()
+            loss = f(x)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return self.to_numpy(x)
+
 
 class JaxBackend(Backend):
     name = "jax"
@@ -164,6 +204,7 @@ class JaxBackend(Backend):
         import jax_opt
 
         self.jax, self.jnp, self.optax = jax, jnp, optax
+        self.xp = jnp
         self.mod = jax_opt
 
     @contextlib.contextmanager
@@ -196,6 +237,21 @@ class JaxBackend(Backend):
 
     def run_loss_tied(self, params, grad_seq, losses, *, lr, **hyper):
         return self._drive(self.mod.loss_tied_ode(lr, **hyper), params, grad_seq, losses)
+
+    def value_and_grad(self, f, x):
+        value, g = self.jax.value_and_grad(f)(self.asarray(x))
+        return float(value), self.to_numpy(g)
+
+    def penalized_value_and_grad(self, f, x, mu):
+        value, g = self.jax.value_and_grad(self.mod.penalized(f, mu))(self.asarray(x))
+        return float(value), self.to_numpy(g)
+
+    def fd_penalty_step(self, f, x, *, mu, delta, lr):
+        opt = self.optax.chain(self.mod.finite_difference_penalty(mu, delta), self.optax.sgd(lr))
+        x = self.asarray(x)
+        grad_fn = self.jax.grad(f)
+        updates, _ = opt.update(grad_fn(x), opt.init(x), x, grad_fn=grad_fn)
+        return self.to_numpy(self.optax.apply_updates(x, updates))
 
 
 BACKENDS = {"torch": TorchBackend, "jax": JaxBackend}

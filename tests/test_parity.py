@@ -164,3 +164,107 @@ def test_a_missing_loss_is_worded_the_same(both):
     pattern = r"^Missing (\w+): ([\w.]+) needs the current loss \(\1: .+\)$"
     assert re.match(pattern, str(torch_err.value))
     assert re.match(pattern, str(jax_err.value))
+
+
+# ------------------------------------------------------------------ flooding and the penalty
+
+
+@given(
+    logits=arrays_like((6, 3, 2), st.floats(-5.0, 5.0)),
+    labels=arrays_like((6, 2), st.integers(0, 2)),
+    level=st.floats(0.0, 3.0),
+    mode=st.sampled_from(["batch", "individual"]),
+)
+def test_flooding_module_and_flooded_loss_agree(both, logits, labels, level, mode):
+    """torch_opt.Flooding(CrossEntropyLoss) and jax_opt.flooded(cross-entropy) on the same
+    (batch, classes, tokens) logits: the same flooded loss and gradient."""
+    torch_b, jax_b = both
+    torch, jax, optax = torch_b.torch, jax_b.jax, jax_b.optax
+    labels = labels.astype(np.int64)
+    x = torch.tensor(logits, requires_grad=True)
+    loss_fn = torch_b.mod.Flooding(torch.nn.CrossEntropyLoss(), level, mode=mode)
+    torch_loss = loss_fn(x, torch.tensor(labels))
+    torch_loss.backward()
+
+    def ce(z):  # per-sample, per-token cross-entropy, (batch, tokens)
+        per = optax.softmax_cross_entropy_with_integer_labels(jax_b.jnp.moveaxis(z, 1, -1), labels)
+        return per if mode == "individual" else per.mean()
+
+    with jax_b.x64():
+        jax_loss, jax_grad = jax.value_and_grad(jax_b.mod.flooded(ce, level, mode=mode))(
+            jax_b.asarray(logits)
+        )
+        assert_all_close(
+            [torch_loss.item(), x.grad.numpy()], [float(jax_loss), np.asarray(jax_grad)]
+        )
+
+
+@given(
+    theta=arrays_like((3,), st.floats(-2.0, 2.0)),
+    mu=st.floats(0.0, 1.0),
+    delta=st.floats(1e-4, 0.1),
+)
+def test_penalties_agree(both, theta, mu, delta):
+    a = np.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
+
+    def run(b):
+        A = b.asarray(a)
+
+        def f(t):
+            return 0.5 * t @ A @ t + b.xp.cos(t).sum()
+
+        value, grad = b.penalized_value_and_grad(f, theta, mu)
+        return [value, grad, b.fd_penalty_step(f, theta, mu=mu, delta=delta, lr=0.1)]
+
+    got_torch, got_jax = run_both(both, run)
+    assert_all_close(got_torch, got_jax)
+
+
+FLOODING_MISTAKES = [
+    ("flood", lambda b: ((b.asarray(np.ones(2)), -0.5), {})),
+    ("iflood", lambda b: ((b.asarray(np.ones(2)), -0.5), {})),
+    ("adaflood_levels", lambda b: ((b.asarray(np.ones(2)),), {"gamma": -0.1})),
+    ("adaflood_levels", lambda b: ((b.asarray(np.ones(2)),), {"beta": -1.0})),
+    ("adaflood", lambda b: ((b.asarray(np.ones(3)), b.asarray(np.ones((3, 1)))), {})),
+    ("igr_coefficient", lambda b: ((-0.1,), {})),
+]
+
+
+@pytest.mark.parametrize(("name", "make_args"), FLOODING_MISTAKES)
+def test_flooding_and_penalty_errors_are_worded_the_same(both, name, make_args):
+    messages = []
+    for b in both:
+        args, kwargs = make_args(b)
+        with pytest.raises(ValueError) as err:
+            getattr(b.mod, name)(*args, **kwargs)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+def test_wrapper_errors_are_worded_the_same(both):
+    torch_b, jax_b = both
+    torch = torch_b.torch
+    pairs = [
+        (
+            lambda: torch_b.mod.Flooding(torch.nn.MSELoss(), -1.0),
+            lambda: jax_b.mod.flooded(lambda x: x, -1.0),
+        ),
+        (
+            lambda: torch_b.mod.FiniteDifferencePenalty(
+                torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 0.1, delta=0.0
+            ),
+            lambda: jax_b.mod.finite_difference_penalty(0.1, delta=0.0),
+        ),
+        (
+            lambda: torch_b.mod.FiniteDifferencePenalty(
+                torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), -0.1
+            ),
+            lambda: jax_b.mod.penalized(lambda x: x, -0.1),
+        ),
+    ]
+    for torch_call, jax_call in pairs:
+        with pytest.raises(ValueError) as torch_err:
+            torch_call()
+        with pytest.raises(ValueError) as jax_err:
+            jax_call()
+        assert str(torch_err.value) == str(jax_err.value)
