@@ -1,7 +1,7 @@
 """How big should the CPU runs of ``RMSpropODE``'s foreach path be? A sweep, not a study.
 
 ``python -m benchmarks.chunk_sweep`` times one default step on the step_time parameter sets for
-several values of ``torch_opt.rmsprop_ode._CPU_CHUNK_BYTES`` (median of 15 after warm-up) and
+several values of ``torch_opt.rmsprop_ode._foreach._CPU_CHUNK_BYTES`` (median of 15 after warm-up) and
 prints a table; benchmarks/README.md records a run.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 import torch_opt
-import torch_opt.rmsprop_ode as impl
+import torch_opt.rmsprop_ode._foreach as impl
 from benchmarks._common import markdown_table
 from benchmarks.step_time import median_ms, parameter_sets
 

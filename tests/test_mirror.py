@@ -33,10 +33,14 @@ def public(package: str) -> set[str]:
 
 
 def stems(folder: str, prefix: str = "") -> set[str]:
+    """The public modules of ``folder``: ``name.py`` files and ``name/`` subpackages."""
+    root = ROOT / folder
+    files = {p.stem for p in root.glob(f"{prefix}*.py")}
+    packages = {p.parent.name for p in root.glob(f"{prefix}*/__init__.py")}
     return {
-        p.stem.removeprefix(prefix)
-        for p in (ROOT / folder).glob(f"{prefix}*.py")
-        if not p.stem.startswith("_") and p.stem != "__init__"
+        name.removeprefix(prefix)
+        for name in files | packages
+        if not name.startswith("_") and name != "__init__"
     }
 
 
@@ -45,6 +49,12 @@ def test_every_stem_has_its_twins():
     assert algorithms == stems("jax_opt")
     assert algorithms <= stems("tests/reference")
     assert algorithms <= stems("tests/equations", "test_")
+
+
+@pytest.mark.parametrize("stem", sorted(stems("torch_opt")))
+def test_subpackages_split_the_same_way(stem):
+    """A module that grew into a subpackage did so in both trees, with the same modules."""
+    assert stems(f"torch_opt/{stem}") == stems(f"jax_opt/{stem}")
 
 
 def shared_names(package: str) -> set[str]:
