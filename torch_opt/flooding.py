@@ -29,7 +29,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -120,14 +119,41 @@ def adaflood(losses: Tensor, levels: Tensor) -> Tensor:
     return flood(losses, levels.detach()).mean()  # (5)
 
 
+class _PerSample:
+    """The criterion as seen with ``reduction="none"``: its own ``forward`` on a view that reads
+    every other attribute (``weight``, ``ignore_index``, ``label_smoothing``, ...) from the
+    criterion itself, so later changes to the criterion are seen, and nothing is copied."""
+
+    reduction = "none"
+
+    def __init__(self, criterion: nn.Module) -> None:
+        object.__setattr__(self, "_criterion", criterion)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_criterion":  # not set yet (copy and pickle build the object bare)
+            raise AttributeError(name)
+        return getattr(self._criterion, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return type(self._criterion).forward(self, *args, **kwargs)
+
+
 class Flooding(nn.Module):
     """A loss module that floods another: ``Flooding(nn.CrossEntropyLoss(), level=0.05)``.
 
     In training mode it returns the flooded loss: ``mode="batch"`` floods the criterion's
-    (mini-batch) loss by (1); ``mode="individual"`` asks a shallow copy of the criterion, with
-    its ``reduction`` set to ``"none"``, for per-sample losses, averages each over all but the
-    first (batch) dimension, and floods them one by one (3). After ``.eval()`` it returns the
-    criterion's plain loss. The level is a (float64) buffer, so it is saved by ``state_dict()``.
+    (mini-batch) loss by (1); ``mode="individual"`` runs the criterion with ``reduction="none"``
+    (its own ``forward``, its current attributes; the criterion itself is not changed) for
+    per-sample losses, averages each over all but the first (batch) dimension, and floods them
+    one by one (3). After ``.eval()`` it returns the criterion's plain loss; note that the
+    wrapper has its own train/eval flag (``model.eval()`` does not reach it unless it is a
+    submodule of the model). The level is a float64 buffer, so ``state_dict()`` saves it.
+
+    .. warning::
+        iFlood averages the per-sample losses with equal weights, (3). A criterion whose own
+        mean is weighted (class ``weight``, ``ignore_index``) therefore gives, at level 0, a
+        different value than its ``reduction="mean"``: ignored samples count as loss 0 (their
+        flooded value is the constant ``2b``) and weighted ones with their weight.
 
     Args:
         criterion: Any loss module (called with the wrapper's arguments).
@@ -150,19 +176,15 @@ class Flooding(nn.Module):
         self.mode = mode
         # float64, so a float64 loss is flooded at the exact level; cast to the loss's dtype.
         self.register_buffer("level", torch.tensor(float(level), dtype=torch.float64))
-        per_sample = None
-        if mode == "individual":
-            if not hasattr(criterion, "reduction"):
-                raise fail(
-                    "criterion",
-                    type(criterion).__name__,
-                    "a loss with a 'reduction' attribute for mode='individual', which "
-                    "needs per-sample losses",
-                )
-            per_sample = copy.copy(criterion)  # shares parameters and buffers with criterion
-            per_sample.reduction = "none"
-        # Not a registered submodule: it is the criterion itself, seen with reduction="none".
-        object.__setattr__(self, "_per_sample", per_sample)
+        if mode == "individual" and not hasattr(criterion, "reduction"):
+            raise fail(
+                "criterion",
+                type(criterion).__name__,
+                "a loss with a 'reduction' attribute for mode='individual', which needs "
+                "per-sample losses",
+            )
+        # Not a submodule: the criterion itself, seen with reduction="none".
+        object.__setattr__(self, "_per_sample", _PerSample(criterion))
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         if not self.training:

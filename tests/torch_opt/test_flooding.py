@@ -78,6 +78,15 @@ def test_individual_mode_shares_the_criterion_parameters_and_buffers():
     )
 
 
+def test_individual_mode_sees_later_changes_to_the_criterion():
+    criterion = nn.CrossEntropyLoss()
+    loss_fn = Flooding(criterion, 0.0, mode="individual")
+    logits, target = batch()
+    criterion.label_smoothing = 0.3
+    smoothed = nn.functional.cross_entropy(logits, target, label_smoothing=0.3)
+    torch.testing.assert_close(loss_fn(logits, target), smoothed)
+
+
 def test_state_dict_round_trip_keeps_level_and_criterion():
     source = Flooding(nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0])), 0.37)
     buffer = io.BytesIO()
