@@ -112,9 +112,11 @@ def finite_difference_penalty(mu: float, delta: float = 1e-2) -> GradientTransfo
     extra arguments are ignored.
 
     Args:
-        mu: The penalty coefficient ``mu >= 0`` (``igr_coefficient(lr)`` doubles the implicit
-            one).
-        delta: The finite-difference step ``delta > 0``.
+        mu: The penalty coefficient ``mu >= 0``. ``mu = igr_coefficient(lr)`` adds an explicit
+            penalty as large as the one the learning rate already imposes implicitly, so the
+            total is twice the implicit one.
+        delta: The finite-difference step ``delta > 0``, in parameter units: the ascent point
+            lies ``delta * ||grad L||`` away, so a large gradient wants a small ``delta``.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.

@@ -99,9 +99,11 @@ class FiniteDifferencePenalty(Optimizer):
 
     Args:
         base_optimizer: A ``torch.optim.Optimizer`` over the parameters to train.
-        mu: The penalty coefficient ``mu >= 0`` (``igr_coefficient(lr)`` doubles the implicit
-            one).
-        delta: The finite-difference step ``delta > 0``.
+        mu: The penalty coefficient ``mu >= 0``. ``mu = igr_coefficient(lr)`` adds an explicit
+            penalty as large as the one the learning rate already imposes implicitly, so the
+            total is twice the implicit one.
+        delta: The finite-difference step ``delta > 0``, in parameter units: the ascent point
+            lies ``delta * ||grad L||`` away, so a large gradient wants a small ``delta``.
     """
 
     def __init__(self, base_optimizer: Optimizer, mu: float, delta: float = 1e-2) -> None:
