@@ -1,8 +1,8 @@
 """How big should the CPU runs of ``RMSpropODE``'s foreach path be? A sweep, not a study.
 
-``python -m benchmarks.chunk_sweep`` times one default step on the step_time parameter sets for
-several values of ``torch_opt.rmsprop_ode._foreach._CPU_CHUNK_BYTES`` (median of 15 after warm-up) and
-prints a table; benchmarks/README.md records a run.
+``python -m benchmarks.chunk_sweep`` times one default step on the step_time parameter sets
+for several values of ``torch_opt.rmsprop_ode._foreach._CPU_CHUNK_BYTES`` (median of 15 after
+warm-up) and prints a table; benchmarks/README.md records a run.
 """
 
 from __future__ import annotations
