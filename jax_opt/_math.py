@@ -46,3 +46,12 @@ def reject_sparse(tree: Any, owner: str) -> None:
         if is_sparse(leaf):
             name = jax.tree_util.keystr(path) or "the parameter"
             raise TypeError(f"{owner} does not support sparse gradients ({name} is a sparse array)")
+
+
+def model_scale(param: jax.Array) -> jax.Array:
+    """Amos's model-oriented scale of an array (math.md §2.4, §2.1 step 8): its RMS, or 0.5 when
+    it is all zeros (a zero-initialized bias or shift). A 0-d float32 array (float64 for a
+    float64 ``param``)."""
+    dtype = stat_dtype([param])
+    rms = jnp.sqrt(sum_of_squares([param], dtype) / max(jnp.size(param), 1))
+    return jnp.where(rms > 0, rms, jnp.asarray(0.5, dtype))

@@ -58,3 +58,13 @@ def default_foreach(params: Sequence[Tensor], differentiable: bool) -> bool:
     picks it only on accelerators; on the CPU our foreach path measured faster than the
     per-tensor kernels (benchmarks/README.md)."""
     return not differentiable and all(type(p) in _foreach_supported_types for p in params)
+
+
+def model_scale(param: Tensor) -> Tensor:
+    """Amos's model-oriented scale of a tensor (math.md §2.4, §2.1 step 8): its RMS, or 0.5 when
+    it is all zeros (a zero-initialized bias or shift). A 0-d float32 tensor (float64 for a
+    float64 ``param``), on the tensor's device."""
+    x = torch.view_as_real(param) if param.is_complex() else param
+    dtype = stat_dtype([x])
+    rms = torch.linalg.vector_norm(x.detach(), dtype=dtype) / max(x.numel(), 1) ** 0.5
+    return torch.where(rms > 0, rms, torch.full_like(rms, 0.5))
