@@ -5,6 +5,15 @@ Twin package: ``torch_opt`` (the same algorithms as drop-in ``torch.optim`` clas
 
 from __future__ import annotations
 
+from jax_opt.amos import (
+    AmosMomentumState,
+    ClipByValueState,
+    ScaleByAmosState,
+    amos,
+    amos_update,
+    reduced_mean_square,
+    scale_by_amos,
+)
 from jax_opt.flooding import (
     FloodGradientsState,
     adaflood,
@@ -39,12 +48,17 @@ from jax_opt.rmsprop_ode import (
 from twinopt import __version__
 
 __all__ = [
+    "AmosMomentumState",
+    "ClipByValueState",
     "FiniteDifferencePenaltyState",
     "FloodGradientsState",
+    "ScaleByAmosState",
     "ScaleByLossTiedODEState",
     "ScaleByRmspropODEState",
     "__version__",
     "adaflood",
+    "amos",
+    "amos_update",
     "adaflood_levels",
     "damped_ode_to_momentum",
     "finite_difference_gradient",
@@ -58,11 +72,13 @@ __all__ = [
     "loss_tied_ode",
     "momentum_to_damped_ode",
     "penalized",
+    "reduced_mean_square",
     "retune_momentum",
     "rmsprop_ode",
     "rmsprop_ode_direction",
     "rmsprop_ode_global_direction",
     "rmsprop_vector_field",
+    "scale_by_amos",
     "scale_by_loss_tied_ode",
     "scale_by_rmsprop_ode",
 ]

@@ -5,6 +5,7 @@ Twin package: ``jax_opt`` (the same algorithms as optax gradient transformations
 
 from __future__ import annotations
 
+from torch_opt.amos import Amos, amos_update, reduced_mean_square
 from torch_opt.flooding import Flooding, adaflood, adaflood_levels, flood, iflood
 from torch_opt.penalty import (
     FiniteDifferencePenalty,
@@ -26,12 +27,14 @@ from torch_opt.rmsprop_ode import (
 from twinopt import __version__
 
 __all__ = [
+    "Amos",
     "FiniteDifferencePenalty",
     "Flooding",
     "LossTiedODE",
     "RMSpropODE",
     "__version__",
     "adaflood",
+    "amos_update",
     "adaflood_levels",
     "damped_ode_to_momentum",
     "finite_difference_gradient",
@@ -41,6 +44,7 @@ __all__ = [
     "igr_coefficient",
     "loss_tied_direction",
     "momentum_to_damped_ode",
+    "reduced_mean_square",
     "retune_momentum",
     "rmsprop_ode_direction",
     "rmsprop_ode_global_direction",
