@@ -111,6 +111,11 @@ class Backend:
     def run_loss_tied(self, params, grad_seq, losses, **hyper) -> list[list[np.ndarray]]:
         raise NotImplementedError
 
+    def run_amos(self, params, grad_seq, *, lr, etas=None, shapes=None, **hyper):
+        """Run the package's Amos over ``grad_seq``; ``lr`` a number or a schedule of the
+        1-based count; ``etas``/``shapes`` per parameter (None: the defaults)."""
+        raise NotImplementedError
+
     def value_and_grad(self, f, x) -> tuple[float, np.ndarray]:
         """``f(x)`` and its gradient by the framework's autodiff (``f`` takes a framework
         array and returns a scalar)."""
@@ -165,6 +170,28 @@ class TorchBackend(Backend):
     def run_loss_tied(self, params, grad_seq, losses, **hyper):
         ps = [self.asarray(p).requires_grad_() for p in params]
         return self._drive(self.mod.LossTiedODE(ps, **hyper), ps, grad_seq, losses)
+
+    def run_amos(self, params, grad_seq, *, lr, etas=None, shapes=None, **hyper):
+        ps = [self.asarray(p).requires_grad_() for p in params]
+        names = [str(i) for i in range(len(ps))]
+        eta = None if etas is None else (lambda name, p: etas[int(name)])
+        shape = None if shapes is None else (lambda name, p: shapes[int(name)])
+        opt = self.mod.Amos(
+            [{"params": ps, "param_names": names}],
+            lr=lr(1) if callable(lr) else lr,
+            eta=eta,
+            shape=shape,
+            **hyper,
+        )
+        out = []
+        for k, grads in enumerate(grad_seq, start=1):
+            if callable(lr):
+                opt.param_groups[0]["lr"] = lr(k)
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = self.asarray(g)
+            opt.step()
+            out.append([self.to_numpy(p) for p in ps])
+        return out
 
     def value_and_grad(self, f, x):
         x = self.asarray(x).requires_grad_()
@@ -237,6 +264,12 @@ class JaxBackend(Backend):
 
     def run_loss_tied(self, params, grad_seq, losses, *, lr, **hyper):
         return self._drive(self.mod.loss_tied_ode(lr, **hyper), params, grad_seq, losses)
+
+    def run_amos(self, params, grad_seq, *, lr, etas=None, shapes=None, **hyper):
+        eta_fn = None if etas is None else (lambda name, shape: etas[int(name[0])])
+        shape_fn = None if shapes is None else (lambda name, shape: shapes[int(name[0])])
+        opt = self.mod.amos(lr, eta_fn=eta_fn, shape_fn=shape_fn, **hyper)
+        return self._drive(opt, params, grad_seq)
 
     def value_and_grad(self, f, x):
         value, g = self.jax.value_and_grad(f)(self.asarray(x))

@@ -25,6 +25,7 @@ SHELLS = {
     "Flooding": ("flooded", "flood_gradients"),
     "gradient_norm_penalty": ("penalized",),
     "FiniteDifferencePenalty": ("finite_difference_penalty",),
+    "Amos": ("amos", "scale_by_amos"),
 }
 
 

@@ -17,6 +17,7 @@ from tests.backends import (
     assert_trajectory_close,
     available,
 )
+from tests.reference import amos as ref_amos
 from tests.reference import rmsprop_ode as ref
 from tests.strategies import (
     arrays_like,
@@ -268,3 +269,44 @@ def test_wrapper_errors_are_worded_the_same(both):
         with pytest.raises(ValueError) as jax_err:
             jax_call()
         assert str(torch_err.value) == str(jax_err.value)
+
+
+# ------------------------------------------------------------------------------------- Amos
+
+
+@pytest.mark.parametrize("name", ["everything", "reduced_state", "momentum"])
+def test_amos_trajectories_agree(both, name):
+    keys, grads, state_shapes, options, _ = ref_amos.scenario(name)
+    options.pop("mode")
+    options["momentum"] = options["momentum"] or 0.0
+    params = [ref_amos.SCENARIO_PARAMS[k] for k in keys]
+    etas = [ref_amos.SCENARIO_ETAS[k] for k in keys]
+    got_torch, got_jax = run_both(
+        both,
+        lambda b: b.run_amos(
+            params, [[g[k] for k in keys] for g in grads], etas=etas, shapes=state_shapes, **options
+        ),
+    )
+    for step in (0, 59, len(grads) - 1):
+        assert_all_close(got_torch[step], got_jax[step])
+
+
+AMOS_MISTAKES = [
+    ({"beta": 1.0}, {"beta": 1.0}),
+    ({"momentum": 1.5}, {"momentum": 1.5}),
+    ({"c_coef": -0.1}, {"c_coef": -0.1}),
+    ({"d_coef": -0.1}, {"d_coef": -0.1}),
+    ({"extra_l2": -0.1}, {"extra_l2": -0.1}),
+    ({"clip_value": -2.0}, {"clip_value": -2.0}),
+    ({"eta": lambda n, p: 0.0}, {"eta_fn": lambda n, s: 0.0}),
+]
+
+
+@pytest.mark.parametrize(("torch_kwargs", "jax_kwargs"), AMOS_MISTAKES)
+def test_amos_errors_are_worded_the_same(both, torch_kwargs, jax_kwargs):
+    torch_b, jax_b = both
+    with pytest.raises(ValueError) as torch_err:
+        torch_b.mod.Amos([torch_b.torch.zeros(2, requires_grad=True)], lr=0.1, **torch_kwargs)
+    with pytest.raises(ValueError) as jax_err:
+        jax_b.mod.amos(0.1, **jax_kwargs).init(jax_b.jnp.zeros(2))
+    assert str(torch_err.value) == str(jax_err.value)
