@@ -45,6 +45,13 @@ from jax_opt.rmsprop_ode import (
     scale_by_loss_tied_ode,
     scale_by_rmsprop_ode,
 )
+from jax_opt.schedules import (
+    SuAmosScheduleState,
+    amos_decay,
+    amos_decay_schedules,
+    su_amos_schedule,
+    su_amos_update,
+)
 from twinopt import __version__
 
 __all__ = [
@@ -55,9 +62,12 @@ __all__ = [
     "ScaleByAmosState",
     "ScaleByLossTiedODEState",
     "ScaleByRmspropODEState",
+    "SuAmosScheduleState",
     "__version__",
     "adaflood",
     "amos",
+    "amos_decay",
+    "amos_decay_schedules",
     "amos_update",
     "adaflood_levels",
     "damped_ode_to_momentum",
@@ -81,4 +91,6 @@ __all__ = [
     "scale_by_amos",
     "scale_by_loss_tied_ode",
     "scale_by_rmsprop_ode",
+    "su_amos_schedule",
+    "su_amos_update",
 ]

@@ -55,3 +55,18 @@ def model_scale(param: jax.Array) -> jax.Array:
     dtype = stat_dtype([param])
     rms = jnp.sqrt(sum_of_squares([param], dtype) / max(jnp.size(param), 1))
     return jnp.where(rms > 0, rms, jnp.asarray(0.5, dtype))
+
+
+def path_names(tree: Any) -> list[tuple[str, ...]]:
+    """Each leaf's name as the reference gives it: the tuple of its pytree path's keys as
+    strings (dict keys; sequence indices as ``'0'``, ``'1'``; attribute names)."""
+
+    def key(entry: Any) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    return [
+        tuple(key(e) for e in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import optax
 from optax import GradientTransformationExtraArgs
 
-from jax_opt._math import model_scale, reject_sparse, stat_dtype
+from jax_opt._math import model_scale, path_names, reject_sparse, stat_dtype
 from twinopt._checks import check_decay, check_nonnegative, check_positive, fail, missing
 
 __all__ = [
@@ -121,21 +121,6 @@ def amos_update(
 
 
 # -------------------------------------------------------------------------------------- shells
-
-
-def path_names(tree: Any) -> list[tuple[str, ...]]:
-    """Each leaf's name as the reference gives it: the tuple of its pytree path's keys as
-    strings (dict keys; sequence indices as ``'0'``, ``'1'``; attribute names)."""
-
-    def key(entry: Any) -> str:
-        for attr in ("key", "idx", "name"):
-            if hasattr(entry, attr):
-                return str(getattr(entry, attr))
-        return str(entry)
-
-    return [
-        tuple(key(e) for e in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
-    ]
 
 
 def check_state_shape(name: str, param_shape: tuple[int, ...], shape: Any) -> tuple[int, ...]:

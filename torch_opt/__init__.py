@@ -24,16 +24,20 @@ from torch_opt.rmsprop_ode import (
     rmsprop_ode_global_direction,
     rmsprop_vector_field,
 )
+from torch_opt.schedules import AmosDecayScheduler, SuAmosSchedule, amos_decay, su_amos_update
 from twinopt import __version__
 
 __all__ = [
     "Amos",
+    "AmosDecayScheduler",
     "FiniteDifferencePenalty",
     "Flooding",
     "LossTiedODE",
     "RMSpropODE",
+    "SuAmosSchedule",
     "__version__",
     "adaflood",
+    "amos_decay",
     "amos_update",
     "adaflood_levels",
     "damped_ode_to_momentum",
@@ -49,4 +53,5 @@ __all__ = [
     "rmsprop_ode_direction",
     "rmsprop_ode_global_direction",
     "rmsprop_vector_field",
+    "su_amos_update",
 ]
