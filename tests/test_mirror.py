@@ -26,6 +26,8 @@ SHELLS = {
     "gradient_norm_penalty": ("penalized",),
     "FiniteDifferencePenalty": ("finite_difference_penalty",),
     "Amos": ("amos", "scale_by_amos"),
+    "AmosDecayScheduler": ("amos_decay_schedules",),
+    "SuAmosSchedule": ("su_amos_schedule",),
 }
 
 
