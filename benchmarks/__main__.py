@@ -22,13 +22,13 @@ from benchmarks._common import Context, StudyResult, machine, markdown_table, ve
 STUDIES = {
     "ode_tracking": "benchmarks.ode_tracking",
     "loss_tied": "benchmarks.loss_tied",
+    "convergence": "benchmarks.convergence",
     "flooding": "benchmarks.flooding",
     "penalty": "benchmarks.penalty",
     "step_time": "benchmarks.step_time",
 }
 # benchmarks.md studies whose algorithms have not landed yet (the report says so).
 PENDING = {
-    "convergence": "the benchmark-suite issue (6) and the optimizers of issues 3 and 5",
     "amos_mlp": "Amos (issue 3)",
     "sampling": "the sampling optimizer (issue 5)",
 }

@@ -149,3 +149,102 @@ def mlp_params(sizes, rng: np.random.Generator) -> list[np.ndarray]:
         params.append((rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32))
         params.append(np.zeros(fan_out, np.float32))
     return params
+
+
+# The ``convergence`` study's toys. Each objective is written with arithmetic, ``@`` and
+# indexing on the last axis, so it evaluates one parameter vector ``(d,)`` or a batch of them
+# ``(G, d)`` (with data batched the same way) in NumPy, torch and JAX alike.
+
+
+def rosenbrock(theta):
+    """The n-D Rosenbrock function on the last axis,
+    ``sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2`` (minimum 0 at all ones)."""
+    x, y = theta[..., :-1], theta[..., 1:]
+    return (100 * (y - x * x) ** 2 + (1 - x) ** 2).sum(-1)
+
+
+def rotated_quadratic_matrix(d: int, condition: float, rng: np.random.Generator) -> np.ndarray:
+    """A symmetric positive definite ``(d, d)`` matrix ``Q diag(lambda) Q^T``: eigenvalues
+    log-spaced from 1 to ``condition``, eigenvectors a random rotation (so the problem is not
+    diagonal: element-wise preconditioners cannot undo the conditioning)."""
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    q = q * np.sign(np.diag(r))
+    return (q * np.logspace(0, np.log10(condition), d)) @ q.T
+
+
+def quadratic_loss(theta, a, center):
+    """``(theta - center)^T a (theta - center) / 2`` on the last axis (minimum 0 at center)."""
+    e = theta - center
+    return 0.5 * (e * (a @ e[..., None])[..., 0]).sum(-1)
+
+
+def logistic_data(n: int, d: int, rng: np.random.Generator):
+    """Synthetic logistic-regression data: ``n`` points with ``d`` features of scales
+    log-spaced from 0.1 to 10 plus a constant-1 column (the bias), labels in ``{-1, +1}`` drawn
+    from a logistic model with random weights. Returns ``x`` ``(n, d + 1)`` and ``y`` ``(n,)``
+    (float64)."""
+    x = rng.standard_normal((n, d)) * np.logspace(-1, 1, d)
+    x = np.hstack([x, np.ones((n, 1))])
+    w = rng.standard_normal(d + 1) / np.sqrt(d) * np.append(np.logspace(1, -1, d), 1.0)
+    y = np.where(rng.random(n) < 1 / (1 + np.exp(-x @ w)), 1.0, -1.0)
+    return x, y
+
+
+def logistic_loss(theta, x, y, l2, softplus):
+    """The mean logistic loss ``mean(softplus(-y x.theta)) + l2 |theta|^2 / 2`` on the last
+    axis; ``softplus`` is the framework's (``torch.nn.functional.softplus``,
+    ``jax.nn.softplus``, or :func:`np_softplus`)."""
+    z = (x @ theta[..., None])[..., 0]
+    return softplus(-y * z).mean(-1) + 0.5 * l2 * (theta * theta).sum(-1)
+
+
+def np_softplus(z):
+    return np.logaddexp(0.0, z)
+
+
+def logistic_minimum(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """The minimizer and minimum of :func:`logistic_loss` (strictly convex for ``l2 > 0``) by
+    Newton's method with step halving, to machine precision."""
+    theta = np.zeros(x.shape[1])
+    loss = logistic_loss(theta, x, y, l2, np_softplus)
+    for _ in range(100):
+        s = 1 / (1 + np.exp(y * (x @ theta)))  # sigmoid(-y z)
+        grad = -(x.T @ (y * s)) / len(y) + l2 * theta
+        hess = (x.T * (s * (1 - s))) @ x / len(y) + l2 * np.eye(len(theta))
+        step, t = np.linalg.solve(hess, grad), 1.0
+        while t > 1e-12:
+            new = theta - t * step
+            new_loss = logistic_loss(new, x, y, l2, np_softplus)
+            if new_loss <= loss:
+                break
+            t /= 2
+        else:
+            break  # no decrease left at machine precision
+        theta, loss = new, new_loss
+        if np.abs(grad).max() < 1e-14:
+            break
+    return theta, float(loss)
+
+
+# The ``amos_mlp`` study's data: scikit-learn's bundled digits (no download).
+
+DIGITS = (
+    "scikit-learn's load_digits: 1797 8x8 images of the digits 0-9 (64 features in 0..16, "
+    "scaled by 1/16), one stratified 70/30 train/test split (random_state 0)"
+)
+
+
+def digits_split(test_size: float = 0.3, random_state: int = 0):
+    """scikit-learn's bundled ``load_digits`` (1797 images, 8x8, 10 classes), features divided
+    by 16 (so in ``[0, 1]``), split once into train and test sets, stratified by class.
+
+    Returns ``x_train, x_test, y_train, y_test`` (``x`` float32 ``(n, 64)``, ``y`` int64), the
+    same arrays on every call. Needs scikit-learn (imported here, not at module import).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    y = y.astype(np.int64)
+    return train_test_split(x, y, test_size=test_size, stratify=y, random_state=random_state)
