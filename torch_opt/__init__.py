@@ -24,6 +24,16 @@ from torch_opt.rmsprop_ode import (
     rmsprop_ode_global_direction,
     rmsprop_vector_field,
 )
+from torch_opt.sampling import (
+    MGS,
+    clip_surrogate,
+    functional_population,
+    importance_weights,
+    log_proposal,
+    noise_scale,
+    perturbations,
+    weighted_direction,
+)
 from torch_opt.schedules import AmosDecayScheduler, SuAmosSchedule, amos_decay, su_amos_update
 from twinopt import __version__
 
@@ -33,6 +43,7 @@ __all__ = [
     "FiniteDifferencePenalty",
     "Flooding",
     "LossTiedODE",
+    "MGS",
     "RMSpropODE",
     "SuAmosSchedule",
     "__version__",
@@ -40,18 +51,25 @@ __all__ = [
     "amos_decay",
     "amos_update",
     "adaflood_levels",
+    "clip_surrogate",
     "damped_ode_to_momentum",
     "finite_difference_gradient",
     "flood",
+    "functional_population",
     "gradient_norm_penalty",
     "iflood",
     "igr_coefficient",
+    "importance_weights",
+    "log_proposal",
     "loss_tied_direction",
     "momentum_to_damped_ode",
+    "noise_scale",
+    "perturbations",
     "reduced_mean_square",
     "retune_momentum",
     "rmsprop_ode_direction",
     "rmsprop_ode_global_direction",
     "rmsprop_vector_field",
     "su_amos_update",
+    "weighted_direction",
 ]

@@ -1,0 +1,561 @@
+"""The MGS shells (math.md §4): ``MGS``, ``functional_population``; the math is in
+``torch_opt.sampling``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from torch_opt._math import sparse_grad_error
+from torch_opt.sampling.kernels import (
+    _noise_scale,
+    clip_surrogate,
+    importance_weights,
+    log_proposal,
+    perturbations,
+    weighted_direction,
+)
+from twinopt._checks import fail
+from twinopt.sampling import check_mgs_args, mixture_mask
+
+__all__ = [
+    "MGS",
+    "functional_population",
+]
+
+
+# ---------------------------------------------------------------------------------- population
+
+
+class _ModulePopulation:
+    """The callable :func:`functional_population` returns (see there)."""
+
+    def __init__(self, module: nn.Module, compute_loss: Callable[[Callable], Tensor]) -> None:
+        named = list(module.named_parameters())
+        self.module = module
+        self.compute_loss = compute_loss
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+
+    def __call__(self, stacked: Sequence[Tensor]) -> Tensor:
+        if len(stacked) != len(self.names):
+            raise ValueError(
+                f"Invalid population: got {len(stacked)} stacked tensors (must be one per "
+                f"parameter of the module, {len(self.names)})"
+            )
+        buffers = dict(self.module.named_buffers())
+
+        def one(*tensors: Tensor) -> Tensor:
+            values = {**buffers, **dict(zip(self.names, tensors, strict=True))}
+
+            def forward(*inputs: Any, **kwargs: Any) -> Any:
+                return torch.func.functional_call(self.module, values, inputs, kwargs)
+
+            return self.compute_loss(forward)
+
+        return torch.func.vmap(one)(*stacked)
+
+
+def functional_population(
+    module: nn.Module, compute_loss: Callable[[Callable[..., Any]], Tensor]
+) -> Callable[[Sequence[Tensor]], Tensor]:
+    """A ``population`` for :meth:`MGS.step`: the task loss of a batch of parameter sets of
+    ``module``, evaluated together with ``torch.func.vmap`` over ``functional_call``.
+
+    ``compute_loss(forward)`` computes the task loss of one parameter set and returns it as a
+    0-d tensor; ``forward(*inputs, **kwargs)`` runs ``module`` with that set (and the module's
+    current buffers). It runs under ``vmap``: no ``.item()``, no Python branching on values, no
+    in-place updates of buffers (call ``module.eval()`` for batch norm; dropout in training mode
+    needs ``vmap``'s randomness, which this helper leaves at its default, an error).
+
+    ``MGS`` must optimize exactly ``module.parameters()`` in ``named_parameters()`` order
+    (one param group, or groups that list them in that order); :meth:`MGS.step` checks it.
+
+    Example::
+
+        opt = MGS(model.parameters(), noise_scale="constant", seed=0)
+        population = functional_population(
+            model, lambda forward: (forward(x).argmax(-1) != y).float().mean()
+        )
+        opt.step(population=population)
+
+    Args:
+        module: The model.
+        compute_loss: ``forward -> 0-d loss``.
+
+    Returns:
+        A callable: a list of stacked tensors (one per parameter, ``(B, *p.shape)``) ->
+        ``(B,)`` losses.
+    """
+    return _ModulePopulation(module, compute_loss)
+
+
+# --------------------------------------------------------------------------------------- shell
+
+_ARGS = (
+    "lr",
+    "num_samples",
+    "noise",
+    "noise_scale",
+    "mix",
+    "temperature",
+    "proposal_density",
+    "antithetic",
+    "max_grad_norm",
+)
+# The hyperparameters that define a whole candidate: one value for every param group.
+_SHARED = (
+    "num_samples",
+    "mix",
+    "random_mix",
+    "temperature",
+    "proposal_density",
+    "antithetic",
+    "max_grad_norm",
+)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _loss_value(value: Any, name: str) -> float:
+    """The loss a closure returned, as a float; a clear ``ValueError`` for anything else."""
+    if isinstance(value, Tensor):
+        if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+            return float(value.detach().reshape(()).to(torch.float64))
+        what = f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    else:
+        what = f"a {type(value).__name__}"
+    raise ValueError(
+        f"Invalid {name}: returned {what} (must return the task loss as a number or a "
+        "one-element tensor)"
+    )
+
+
+class MGS(Optimizer):
+    """MLE-guided parameter search (1)-(7): a sampling optimizer for non-differentiable losses.
+
+    Each step evaluates the task loss ``d_0`` at ``theta`` and ``d_k`` at ``K`` candidates
+    ``theta + eps_k`` drawn around the clipped surrogate direction (guided) or around 0, weighs
+    the candidates by their improvement over the proposal density, and moves by the weighted
+    mean ``Delta``. The surrogate is whatever ``.grad`` holds (compute e.g. the MLE gradient
+    before ``step``; it is clipped to ``max_grad_norm``); with no gradients at all the step is a
+    pure black-box search around 0 with ``s = noise``.
+
+    ``step(closure)``: the closure returns the task loss (a number or a one-element tensor) at
+    the current parameters; it is called ``K + 1`` times under ``torch.no_grad()`` (at
+    ``theta`` first, then at each candidate) and needs no gradient. The parameters are restored
+    from a saved copy after each candidate, bitwise. ``step(population=f)`` evaluates all
+    ``K + 1`` parameter sets in one call instead: ``f`` takes one stacked tensor per parameter
+    (``(K + 1, *p.shape)``, param-group order, ``theta`` first) and returns ``K + 1`` losses
+    (see :func:`functional_population`). ``step`` returns ``d_0`` (the closure's own value at
+    ``theta``; a 0-d float64 tensor from a population).
+
+    Failures change nothing: if the closure (or population) raises, the exception propagates
+    with the parameters, their gradients and the generator as they were. A non-finite loss at
+    ``theta`` raises ``ValueError`` the same way. A candidate whose loss is not finite gets
+    weight 0 (if none is finite, ``Delta = 0``).
+
+    Without ``base_optimizer`` the update is ``theta <- theta + lr Delta`` (7), with ``lr`` per
+    param group (so LR schedulers drive it). With one (an optimizer over exactly the same
+    parameters, e.g. AdamW as in the reference code) ``-Delta`` replaces ``.grad`` and the base
+    optimizer steps; ``lr`` must then be 1 (schedule the base's). ``lr``, ``noise`` and
+    ``noise_scale`` may differ per group; the hyperparameters that define a whole candidate
+    (``num_samples``, ``mix``, ``random_mix``, ``temperature``, ``proposal_density``,
+    ``antithetic``, ``max_grad_norm``) must be the same in every group.
+
+    Randomness comes from a ``torch.Generator`` owned by the optimizer, on the first
+    parameter's device (streams differ between devices), never from the global generator. Per
+    step it draws, in this order: with ``random_mix``, ``K`` (``K // 2`` under ``antithetic``)
+    float64 uniforms (guided where ``u < mix``), then for each parameter in param-group order
+    standard normals of shape ``(K or K // 2, *p.shape)`` in the parameter's dtype (float32 for
+    half dtypes, then cast). ``state_dict()`` holds the generator's state as a uint8 CPU tensor
+    under the top-level key ``"generator"`` (out of reach of ``load_state_dict``'s casting) and
+    the base optimizer's ``state_dict()`` under ``"base_optimizer"``; it loads with
+    ``torch.load(..., weights_only=True)``, and a resumed run repeats the uninterrupted one
+    bitwise (on the same device type).
+
+    Distributed (``distributed=True``, with ``torch.distributed`` initialized): the ``K + 1``
+    evaluations are dealt round-robin, evaluation ``i`` (``i = 0`` is ``theta``, ``i = k + 1``
+    candidate ``k``) on rank ``i % world_size``; every rank draws the same noise (the seed is
+    broadcast from rank 0 at construction), the losses travel as one ``all_reduce`` of a
+    ``K + 1`` float64 vector, and every rank applies the same update. So the closure must give
+    the same loss on every rank (the same data) and the parameters and ``.grad`` must be equal
+    on every rank (as after DDP's backward). A population gets this rank's share (``theta``
+    first on rank 0). If a closure raises on one rank, the others wait in the collective.
+
+    .. note::
+        ``torch.amp.GradScaler.step`` refuses a closure, so it cannot drive this optimizer;
+        pass the scaled surrogate through ``.grad`` after ``scaler.unscale_`` and call
+        ``step`` directly, or skip the scaler (contracts.md §2.5).
+
+    Args:
+        params: Parameters, named parameters or param groups.
+        base_optimizer: An optimizer over exactly these parameters, fed ``-Delta`` as its
+            gradient, or ``None`` for (7).
+        lr: The step size ``eta`` of (7) (``>= 0``; a float or a 1-element tensor).
+        num_samples: The number of candidates ``K >= 1`` (even under ``antithetic``).
+        noise: The relative noise ``sigma > 0`` of (2).
+        noise_scale: ``"grad"`` (``s_P = sigma mean|g_hat_P|``, the reference code's) or
+            ``"constant"`` (``s_P = sigma``).
+        mix: The proportion ``lambda`` of guided candidates, in ``[0, 1]``.
+        random_mix: Draw each candidate's centre (each pair's, under ``antithetic``) with
+            probability ``mix`` instead of the deterministic proportion.
+        temperature: ``alpha > 0`` of (5) (the reference code's ``1 / beta``).
+        proposal_density: ``"exact"`` or ``"unit_variance"`` (the reference code's), see (4).
+        antithetic: Draw the candidates in pairs ``c +- s z``.
+        max_grad_norm: The clipping norm of the surrogate (1), or ``None``.
+        seed: The generator's seed (an integer in ``[0, 2**63)``); ``None`` draws one from
+            torch's global generator at construction (so ``torch.manual_seed`` makes a run
+            reproducible).
+        distributed: Split the evaluations over the ranks of the default process group.
+
+    References:
+        Welleck & Cho, "MLE-Guided Parameter Search for Task Loss Minimization in Neural
+        Sequence Modeling", AAAI 2021, arXiv:2006.03158 (reference code: wellecks/mgs).
+        Su Jianlin, kexue.fm/archives/7521.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        base_optimizer: Optimizer | None = None,
+        *,
+        lr: float | Tensor = 1.0,
+        num_samples: int = 4,
+        noise: float = 1.0,
+        noise_scale: str = "grad",
+        mix: float = 0.5,
+        random_mix: bool = False,
+        temperature: float = 1.0,
+        proposal_density: str = "exact",
+        antithetic: bool = False,
+        max_grad_norm: float | None = 1.0,
+        seed: int | None = None,
+        distributed: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+        ):
+            raise fail("seed", seed, "an integer in [0, 2**63) or None")
+        defaults = {
+            "lr": lr,
+            "num_samples": num_samples,
+            "noise": noise,
+            "noise_scale": noise_scale,
+            "mix": mix,
+            "random_mix": bool(random_mix),
+            "temperature": temperature,
+            "proposal_density": proposal_density,
+            "antithetic": bool(antithetic),
+            "max_grad_norm": max_grad_norm,
+        }
+        super().__init__(params, defaults)
+        if base_optimizer is not None and not isinstance(base_optimizer, Optimizer):
+            raise TypeError(
+                f"base_optimizer must be a torch.optim.Optimizer, got "
+                f"{type(base_optimizer).__name__}"
+            )
+        self.base_optimizer = base_optimizer
+        if base_optimizer is not None and lr != 1.0:
+            raise fail("lr", lr, "1 with a base optimizer, which has its own learning rate")
+        self._check_base()
+        self.distributed = bool(distributed)
+        if self.distributed and not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        ):
+            raise RuntimeError(
+                "MGS(distributed=True) needs an initialized torch.distributed process group "
+                "(call torch.distributed.init_process_group first)"
+            )
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        if self.distributed:  # every rank must draw the same noise
+            shared = torch.tensor([seed], dtype=torch.int64, device=self._comm_device())
+            torch.distributed.broadcast(shared, src=0)
+            seed = int(shared.item())
+        self.seed = seed
+        device = self.param_groups[0]["params"][0].device
+        self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(seed)
+
+    # ------------------------------------------------------------------------ groups, state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **param_group}
+        check_mgs_args(**{key: merged[key] for key in _ARGS})
+        if self.param_groups:
+            first = self.param_groups[0]
+            for key in _SHARED:
+                if merged[key] != first[key]:
+                    raise fail(
+                        key,
+                        merged[key],
+                        f"the same in every param group (the first has {first[key]!r})",
+                    )
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            if p.is_complex():
+                self.param_groups.pop()
+                raise TypeError("MGS does not support complex parameters")
+
+    def _check_base(self) -> None:
+        if self.__dict__.get("base_optimizer") is None:
+            return
+        mine = [p for g in self.param_groups for p in g["params"]]
+        theirs = [p for g in self.base_optimizer.param_groups for p in g["params"]]
+        if {id(p) for p in mine} != {id(p) for p in theirs} or len(mine) != len(theirs):
+            raise fail(
+                "base_optimizer",
+                type(self.base_optimizer).__name__,
+                "an optimizer over exactly the parameters given to MGS",
+            )
+
+    def _comm_device(self) -> torch.device:
+        """Where collectives' tensors live: the CPU for gloo/mpi, else the parameters' device."""
+        backend = str(torch.distributed.get_backend())
+        if "gloo" in backend or "mpi" in backend:
+            return torch.device("cpu")
+        return self.param_groups[0]["params"][0].device
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus ``"generator"`` (the generator's state, a uint8 CPU tensor)
+        and, with a base optimizer, ``"base_optimizer"`` (its state dict)."""
+        state = super().state_dict()
+        state["generator"] = self._generator.get_state().clone()
+        if self.base_optimizer is not None:
+            state["base_optimizer"] = self.base_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch does, then the generator's state and the base optimizer's."""
+        base = state_dict.get("base_optimizer")
+        if base is not None and self.base_optimizer is None:
+            raise ValueError(
+                "Invalid state_dict: it holds a base optimizer's state (must be loaded into an "
+                "MGS with a base_optimizer)"
+            )
+        super().load_state_dict(state_dict)
+        generator = state_dict.get("generator")
+        if generator is not None:
+            self._generator.set_state(torch.as_tensor(generator).to("cpu", torch.uint8).clone())
+        if base is not None:
+            self.base_optimizer.load_state_dict(base)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            **super().__getstate__(),
+            "base_optimizer": self.base_optimizer,
+            "distributed": self.distributed,
+            "seed": self.seed,
+            "_generator": self._generator,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("base_optimizer", None)
+        self.__dict__.setdefault("distributed", False)
+        self.__dict__.setdefault("seed", 0)
+        if "_generator" not in self.__dict__:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        for group in self.param_groups:
+            group.setdefault("random_mix", False)
+            group.setdefault("antithetic", False)
+
+    # ------------------------------------------------------------------------------- step
+
+    def _settings(self) -> dict[str, Any]:
+        """The whole-candidate hyperparameters, checked to agree across groups."""
+        first = self.param_groups[0]
+        for group in self.param_groups:
+            check_mgs_args(**{key: group[key] for key in _ARGS})
+            for key in _SHARED:
+                if group[key] != first[key]:
+                    raise fail(
+                        key,
+                        group[key],
+                        f"the same in every param group (the first has {first[key]!r})",
+                    )
+        return {key: first[key] for key in _SHARED}
+
+    def _draw(self, generator: torch.Generator) -> tuple[list[bool], list[Tensor]]:
+        """The randomness of one step, from ``generator`` alone: which of the ``K`` candidates
+        are guided, and one block of standard normals per parameter (param-group order),
+        ``(K, *p.shape)`` or ``(K // 2, *p.shape)`` under ``antithetic``, in the parameter's
+        dtype (drawn in float32 for half dtypes) and on its device."""
+        settings = self._settings()
+        k, antithetic = settings["num_samples"], settings["antithetic"]
+        rows = k // 2 if antithetic else k
+        device = generator.device
+        if settings["random_mix"]:
+            u = torch.rand(rows, generator=generator, device=device, dtype=torch.float64)
+            centres = (u < settings["mix"]).tolist()
+            mask = [m for m in centres for _ in range(2)] if antithetic else centres
+        else:
+            mask = mixture_mask(k, settings["mix"], antithetic=antithetic)
+        normals = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                dtype = torch.float32 if p.dtype in _HALF else p.dtype
+                z = torch.randn((rows, *p.shape), generator=generator, device=device, dtype=dtype)
+                normals.append(z.to(device=p.device, dtype=p.dtype))
+        return mask, normals
+
+    def _shares(self, k: int) -> list[int]:
+        """The evaluations (0 = theta, k + 1 = candidate k) this process makes."""
+        if not self.distributed:
+            return list(range(k + 1))
+        rank, size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return [i for i in range(k + 1) if i % size == rank]
+
+    def _evaluate(
+        self,
+        params: list[Tensor],
+        eps: list[Tensor],
+        closure: Callable[[], Any] | None,
+        population: Callable[[list[Tensor]], Any] | None,
+    ) -> tuple[Tensor, Any]:
+        """The ``K + 1`` losses (float64, CPU; theta first) and ``d_0`` as ``step`` returns it."""
+        k = eps[0].shape[0]
+        mine = self._shares(k)
+        values = torch.zeros(k + 1, dtype=torch.float64)
+        loss = None
+        if closure is not None:
+            saved = [p.detach().clone() for p in params]
+            for i in mine:
+                if i == 0:
+                    loss = closure()
+                    values[0] = _loss_value(loss, "closure")
+                    if not self.distributed and not math.isfinite(values[0].item()):
+                        break  # no candidates to evaluate: step raises
+                    continue
+                try:
+                    for p, e in zip(params, eps, strict=True):
+                        p.add_(e[i - 1])
+                    values[i] = _loss_value(closure(), "closure")
+                finally:
+                    for p, s in zip(params, saved, strict=True):
+                        p.copy_(s)
+        elif mine:
+            wanted = getattr(population, "params", None)
+            if wanted is not None and (
+                len(wanted) != len(params)
+                or any(a is not b for a, b in zip(wanted, params, strict=True))
+            ):
+                raise ValueError(
+                    "Invalid population: its module's parameters (named_parameters() order) must "
+                    "be exactly the optimizer's, in param-group order"
+                )
+            rows = [i - 1 for i in mine if i > 0]
+            index = torch.tensor(rows, dtype=torch.long)
+            stacked = []
+            for p, e in zip(params, eps, strict=True):
+                theta = p.detach().unsqueeze(0)
+                batch = theta + e.index_select(0, index.to(e.device))
+                stacked.append(torch.cat([theta, batch]) if mine[0] == 0 else batch)
+            out = population(stacked)
+            out = torch.as_tensor(out) if not isinstance(out, Tensor) else out
+            if out.numel() != len(mine) or out.is_complex():
+                raise ValueError(
+                    f"Invalid population: returned {out.numel()} values (must return one loss per "
+                    f"parameter set, {len(mine)})"
+                )
+            values[mine] = out.detach().reshape(-1).to("cpu", torch.float64)
+        if self.distributed:
+            device = self._comm_device()
+            values = values.to(device)
+            torch.distributed.all_reduce(values)
+            values = values.cpu()
+        if loss is None:
+            loss = values[0].clone()
+        return values, loss
+
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Any] | None = None,
+        *,
+        population: Callable[[list[Tensor]], Any] | None = None,
+    ) -> Any:
+        """One MGS step, (1)-(7).
+
+        Args:
+            closure: A callable that returns the task loss at the current parameters (called
+                ``K + 1`` times, under ``torch.no_grad()``).
+            population: Instead of ``closure``: a callable taking one stacked tensor per
+                parameter (``(B, *p.shape)``) and returning ``B`` losses (see
+                :func:`functional_population`).
+
+        Returns:
+            ``d_0``, the loss at ``theta`` (the closure's value there; a 0-d float64 tensor
+            from a population, or on a rank that did not evaluate ``theta``).
+        """
+        if (closure is None) == (population is None):
+            raise ValueError(
+                "Invalid closure: MGS.step needs exactly one of closure (a callable returning "
+                "the task loss) and population (a callable returning a batch of losses)"
+            )
+        settings = self._settings()
+        self._check_base()
+        groups = [(group, p) for group in self.param_groups for p in group["params"]]
+        params = [p for _, p in groups]
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"]):
+                if p.grad is not None and p.grad.is_sparse:
+                    raise sparse_grad_error("MGS", self.param_groups, group, i)
+        grads = [None if p.grad is None else p.grad.detach() for p in params]
+        guides = clip_surrogate(grads, settings["max_grad_norm"])  # (1)
+        scales = [
+            _noise_scale(g, noise=group["noise"], noise_scale=group["noise_scale"])  # (2)
+            for g, (group, _) in zip(guides, groups, strict=True)
+        ]
+        generator_state = self._generator.get_state()
+        try:
+            mask, normals = self._draw(self._generator)
+            eps = [
+                perturbations(g, z, mask, scale=s, antithetic=settings["antithetic"]).to(p.dtype)
+                for g, z, s, p in zip(guides, normals, scales, params, strict=True)
+            ]  # (3)
+            del normals
+            values, loss = self._evaluate(params, eps, closure, population)
+            d0 = values[0].item()
+            if not math.isfinite(d0):
+                raise fail("loss", d0, "finite at the current parameters")
+        except BaseException:
+            self._generator.set_state(generator_state)
+            raise
+        log_q = log_proposal(
+            eps,
+            guides,
+            scales,
+            mix=settings["mix"],
+            proposal_density=settings["proposal_density"],
+        )  # (4)
+        w = importance_weights(values[1:], d0, log_q.cpu(), temperature=settings["temperature"])
+        delta = weighted_direction(w, eps)  # (5), (6)
+        del eps
+        if self.base_optimizer is None:
+            for (group, p), d in zip(groups, delta, strict=True):
+                lr = float(group["lr"])
+                if d.dtype == p.dtype:
+                    p.add_(d, alpha=lr)  # (7)
+                else:  # computed in float32, rounded once into the parameter
+                    p.copy_(p.to(d.dtype).add_(d, alpha=lr))
+        else:
+            for p, d in zip(params, delta, strict=True):
+                pseudo = d.neg().to(p.dtype)
+                if p.grad is not None and p.grad.shape == p.shape and p.grad.dtype == p.dtype:
+                    p.grad.copy_(pseudo)
+                else:
+                    p.grad = pseudo
+            self.base_optimizer.step()
+        return loss
