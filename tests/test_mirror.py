@@ -28,6 +28,10 @@ SHELLS = {
     "Amos": ("amos", "scale_by_amos"),
     "AmosDecayScheduler": ("amos_decay_schedules",),
     "SuAmosSchedule": ("su_amos_schedule",),
+    # MGS.step(population=functional_population(...)) is mgs's vmap over the candidates;
+    # the ask/tell pair serves custom JAX loops (torch: a closure or a population function).
+    "MGS": ("mgs", "mgs_ask", "mgs_tell", "MGSAsk"),
+    "functional_population": (),
 }
 
 

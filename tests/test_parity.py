@@ -28,6 +28,7 @@ from tests.strategies import (
     trajectories,
     well_conditioned_centered,
 )
+from twinopt.sampling import mixture_mask
 
 pytestmark = pytest.mark.skipif(
     not (available("torch") and available("jax")), reason="parity needs torch and jax"
@@ -309,4 +310,112 @@ def test_amos_errors_are_worded_the_same(both, torch_kwargs, jax_kwargs):
         torch_b.mod.Amos([torch_b.torch.zeros(2, requires_grad=True)], lr=0.1, **torch_kwargs)
     with pytest.raises(ValueError) as jax_err:
         jax_b.mod.amos(0.1, **jax_kwargs).init(jax_b.jnp.zeros(2))
+    assert str(torch_err.value) == str(jax_err.value)
+
+
+# -------------------------------------------------------------------------------------- MGS
+
+
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        {},
+        {"antithetic": True, "proposal_density": "unit_variance", "temperature": 0.3},
+        {"noise_scale": "constant", "noise": 0.2, "mix": 0.25, "max_grad_norm": None},
+    ],
+)
+def test_mgs_steps_agree_with_injected_noise(both, hyper, monkeypatch):
+    """The same surrogate gradients and the same standard normals give the same MGS trajectory
+    (with a base SGD(lr 0.5) fed -Delta) in torch and JAX."""
+    torch_b, jax_b = both
+    torch, jnp = torch_b.torch, jax_b.jnp
+    import optax
+
+    import jax_opt.sampling.shells as jax_shells
+
+    k = 4
+    rows = k // 2 if hyper.get("antithetic") else k
+    mask = mixture_mask(k, hyper.get("mix", 0.5), antithetic=hyper.get("antithetic", False))
+    rng = np.random.default_rng(7)
+    theta0 = [rng.standard_normal((3, 2)), rng.standard_normal(4)]
+    steps = 3
+    grads = [[rng.standard_normal(p.shape) for p in theta0] for _ in range(steps)]
+    normals = [[rng.standard_normal((rows, *p.shape)) for p in theta0] for _ in range(steps)]
+
+    def task_loss(ps, sin):
+        return sum((sin(3 * p) + p * p).sum() for p in ps)
+
+    # torch: the optimizer's own draw replaced by the injected noise
+    ps = [torch.tensor(p, requires_grad=True) for p in theta0]
+    torch_draws = iter(normals)
+    monkeypatch.setattr(
+        torch_b.mod.MGS,
+        "_draw",
+        lambda self, gen: (mask, [torch.tensor(z) for z in next(torch_draws)]),
+    )
+    base = torch.optim.SGD(ps, lr=0.5)
+    opt = torch_b.mod.MGS(ps, base, num_samples=k, seed=0, **hyper)
+    got_torch = []
+    for g in grads:
+        for p, gi in zip(ps, g, strict=True):
+            p.grad = torch.tensor(gi)
+        opt.step(lambda: task_loss(ps, torch.sin))
+        got_torch.append([p.detach().numpy().copy() for p in ps])
+
+    # JAX
+    jax_draws = iter(normals)
+    monkeypatch.setattr(
+        jax_shells,
+        "_draw",
+        lambda *args, **kw: (jnp.asarray(mask), [jnp.asarray(z) for z in next(jax_draws)]),
+    )
+    got_jax = []
+    with jax_b.x64():
+        tx = jax_b.mod.mgs(optax.sgd(0.5), num_samples=k, **hyper)
+        params = [jnp.asarray(p) for p in theta0]
+        state = tx.init(params)
+        for g in grads:
+            updates, state = tx.update(
+                [jnp.asarray(gi) for gi in g],
+                state,
+                params,
+                value_fn=lambda q: task_loss(q, jnp.sin),
+            )
+            params = optax.apply_updates(params, updates)
+            got_jax.append([np.asarray(p) for p in params])
+    for a, b in zip(got_torch, got_jax, strict=True):
+        assert_all_close(a, b)
+
+
+MGS_MISTAKES = [
+    {"num_samples": 0},
+    {"num_samples": 3, "antithetic": True},
+    {"noise": 0.0},
+    {"noise_scale": "uniform"},
+    {"mix": 1.5},
+    {"temperature": -1.0},
+    {"proposal_density": "gaussian"},
+    {"max_grad_norm": 0.0},
+]
+
+
+@pytest.mark.parametrize("kwargs", MGS_MISTAKES)
+def test_mgs_errors_are_worded_the_same(both, kwargs):
+    torch_b, jax_b = both
+    with pytest.raises(ValueError) as torch_err:
+        torch_b.mod.MGS([torch_b.torch.zeros(2, requires_grad=True)], **kwargs)
+    with pytest.raises(ValueError) as jax_err:
+        jax_b.mod.mgs(**kwargs).init(jax_b.jnp.zeros(2))
+    assert str(torch_err.value) == str(jax_err.value)
+
+
+def test_mgs_lr_with_a_base_is_worded_the_same(both):
+    import optax
+
+    torch_b, jax_b = both
+    p = torch_b.torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError) as torch_err:
+        torch_b.mod.MGS([p], torch_b.torch.optim.SGD([p], lr=0.1), lr=0.5)
+    with pytest.raises(ValueError) as jax_err:
+        jax_b.mod.mgs(optax.sgd(0.1), lr=0.5)
     assert str(torch_err.value) == str(jax_err.value)

@@ -1,0 +1,944 @@
+"""torch_opt.sampling: the MGS kernels against the oracle, MGS step for step against
+``reference.sampling.mgs_step`` with the same noise, the properties of math.md §4.4, failures
+that change nothing, checkpoints, the population and distributed paths, argument errors."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from tests.backends import assert_close
+from tests.reference import sampling as ref
+from tests.strategies import arrays_like, moderate, shapes, tensor_lists
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from torch_opt import (  # noqa: E402
+    MGS,
+    clip_surrogate,
+    functional_population,
+    importance_weights,
+    log_proposal,
+    noise_scale,
+    perturbations,
+    weighted_direction,
+)
+
+F64 = torch.float64
+NAN, INF = float("nan"), float("inf")
+
+
+def tt(x):
+    return None if x is None else torch.tensor(np.asarray(x, np.float64))
+
+
+def nn_(x):
+    return None if x is None else x.detach().cpu().numpy().copy()
+
+
+def as_float(x) -> float:
+    return float(x)
+
+
+# --------------------------------------------------------------------- kernels vs the oracle
+
+scales_ = st.floats(1e-3, 10.0)
+mixes = st.sampled_from([0.0, 0.25, 0.5, 1.0])
+
+
+@given(grads=tensor_lists(max_size=4), c=st.one_of(st.none(), st.floats(1e-3, 1e3)), data=st.data())
+@example(grads=[np.zeros((2, 3)), np.array(0.0)], c=1.0, data=None)  # all-zero surrogate
+@example(grads=[np.array([3.0, 0.0]), np.array([[4.0]])], c=1.0, data=None)  # norm 5 -> 1
+@example(grads=[np.array([1e4, -1e-6])], c=None, data=None)
+def test_clip_surrogate_equals_oracle(grads, c, data):
+    """(1), with parameters that have no surrogate (``None``)."""
+    drop = (
+        [False] * len(grads)
+        if data is None
+        else data.draw(st.lists(st.booleans(), min_size=len(grads), max_size=len(grads)))
+    )
+    grads = [None if d else g for g, d in zip(grads, drop, strict=True)]
+    got = clip_surrogate([tt(g) for g in grads], c)
+    want = ref.clip_surrogate(grads, c)
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == F64
+            assert_close(nn_(a), b)
+
+
+def test_clip_surrogate_without_any_surrogate():
+    assert clip_surrogate([None, None], 1.0) == [None, None]
+
+
+@given(
+    guide=st.one_of(st.none(), shapes.flatmap(arrays_like)),
+    noise=st.floats(0.01, 10.0),
+    mode=st.sampled_from(["grad", "constant"]),
+)
+@example(guide=np.zeros((2, 2)), noise=0.7, mode="grad")  # all-zero guide: s = noise
+@example(guide=None, noise=0.7, mode="grad")  # no guide: s = noise
+@example(guide=np.array([-0.6, 0.0]), noise=2.0, mode="grad")
+def test_noise_scale_equals_oracle(guide, noise, mode):
+    """(2)."""
+    got = noise_scale(tt(guide), noise=noise, noise_scale=mode)
+    assert as_float(got) == pytest.approx(ref.noise_scale(guide, noise, mode), rel=1e-12)
+
+
+@st.composite
+def perturbation_inputs(draw):
+    shape = draw(shapes)
+    k = draw(st.sampled_from([1, 2, 4, 6]))
+    antithetic = draw(st.booleans()) and k % 2 == 0
+    rows = k // 2 if antithetic else k
+    guide = draw(st.one_of(st.none(), arrays_like(shape, moderate)))
+    normals = draw(arrays_like((rows, *shape), moderate))
+    mask = ref.guided(k, draw(mixes), antithetic)
+    return guide, normals, mask, draw(scales_), antithetic
+
+
+@given(inputs=perturbation_inputs())
+@example(inputs=(np.array([1.0, -2.0]), np.array([[0.5, 1.0]]), [True], 0.3, False))  # K = 1
+@example(inputs=(None, np.ones((2, 3)), [True, False], 1.5, False))  # no guide: centre 0
+@example(inputs=(np.zeros(3), np.ones((2, 3)), [True, True], 1.0, False))  # all-zero guide
+@example(inputs=(np.array([1.0, 2.0]), np.eye(2), [True, True, False, False], 0.5, True))
+@example(inputs=(np.array([1.0, 2.0]), np.eye(2), ref.guided(2, 0.0), 0.5, False))  # mix 0
+@example(inputs=(np.array([1.0, 2.0]), np.eye(2), ref.guided(2, 1.0), 0.5, False))  # mix 1
+def test_perturbations_equal_oracle(inputs):
+    """(3), antithetic pairs included."""
+    guide, normals, mask, scale, antithetic = inputs
+    got = perturbations(tt(guide), tt(normals), list(mask), scale=scale, antithetic=antithetic)
+    want = ref.perturbations(guide, normals, mask, scale, antithetic)
+    assert got.shape == want.shape and got.dtype == F64
+    assert_close(nn_(got), want)
+
+
+@st.composite
+def proposal_inputs(draw):
+    k = draw(st.sampled_from([1, 2, 3, 5]))
+    tensor_shapes = draw(st.lists(shapes, min_size=1, max_size=3))
+    eps = [draw(arrays_like((k, *s), moderate)) for s in tensor_shapes]
+    guides = [draw(st.one_of(st.none(), arrays_like(s, moderate))) for s in tensor_shapes]
+    scales = [draw(st.floats(0.1, 3.0)) for _ in tensor_shapes]
+    return eps, guides, scales
+
+
+@given(
+    inputs=proposal_inputs(),
+    mix=st.one_of(mixes, st.floats(0.0, 1.0)),
+    density=st.sampled_from(["exact", "unit_variance"]),
+)
+@example(inputs=([np.ones((1, 2))], [np.array([1.0, 0.0])], [0.5]), mix=0.5, density="exact")
+@example(inputs=([np.ones((3, 2))], [None], [0.5]), mix=0.0, density="exact")  # no guide
+@example(inputs=([np.ones((3, 2))], [np.zeros(2)], [2.0]), mix=1.0, density="exact")
+@example(inputs=([np.ones((3, 2))], [np.ones(2)], [2.0]), mix=0.0, density="unit_variance")
+def test_log_proposal_equals_oracle(inputs, mix, density):
+    """(4), both densities, mix at and between its bounds."""
+    eps, guides, scales = inputs
+    got = log_proposal(
+        [tt(e) for e in eps],
+        [tt(g) for g in guides],
+        scales,
+        mix=mix,
+        proposal_density=density,
+    )
+    want = ref.log_proposal(eps, guides, scales, mix, density)
+    assert got.dtype == F64 and got.shape == want.shape
+    assert_close(nn_(got), want)
+
+
+def test_log_proposal_accumulates_float32_candidates_in_float64():
+    """A million float32 entries: the log densities equal the float64 oracle on the same values
+    (a float32 sum would be off by units, which the softmax (5) would see)."""
+    gen = torch.Generator().manual_seed(0)
+    eps = torch.randn(3, 1_000_000, generator=gen)
+    guide = torch.randn(1_000_000, generator=gen) * 0.1
+    got = log_proposal([eps], [guide], [0.9], mix=0.5, proposal_density="exact")
+    want = ref.log_proposal([eps.double().numpy()], [guide.double().numpy()], [0.9], 0.5)
+    assert got.dtype == F64
+    np.testing.assert_allclose(nn_(got), want, rtol=1e-12)
+    # the scale as the shell passes it: a 0-d float32 tensor, used as the same number
+    s = torch.tensor(0.9)
+    want_s = ref.log_proposal([eps.double().numpy()], [None], [float(s)], 0.5)
+    got_s = log_proposal([eps], [None], [s], mix=0.5, proposal_density="exact")
+    np.testing.assert_allclose(nn_(got_s), want_s, rtol=1e-12)
+
+
+losses_with_gaps = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([NAN, INF, -INF]))
+
+
+@given(
+    losses=arrays_like((5,), losses_with_gaps),
+    loss0=st.floats(-1e6, 1e6),
+    log_q=arrays_like((5,), st.floats(-50.0, 50.0)),
+    temperature=st.floats(0.01, 100.0),
+)
+@example(losses=np.array([1e6, -1e6, 0.0, 5.0, 5.0]), loss0=0.0, log_q=np.zeros(5), temperature=1.0)
+@example(
+    losses=np.array([1e6, 1e6 + 1, 1e6 - 1, 1e6, 1e6]),
+    loss0=1e6,
+    log_q=np.zeros(5),
+    temperature=1.0,
+)
+@example(
+    losses=np.array([NAN, 2.0, INF, -INF, 1.0]), loss0=1.0, log_q=np.arange(5.0), temperature=1.0
+)
+@example(losses=np.full(5, NAN), loss0=1.0, log_q=np.zeros(5), temperature=1.0)
+def test_importance_weights_equal_oracle(losses, loss0, log_q, temperature):
+    """(5) at any magnitude; non-finite losses get weight 0, never NaN."""
+    got = nn_(importance_weights(tt(losses), loss0, tt(log_q), temperature=temperature))
+    want = ref.importance_weights(losses, loss0, log_q, temperature)
+    assert not np.isnan(got).any()
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert (got[~np.isfinite(losses)] == 0).all()
+
+
+@given(
+    k=st.integers(1, 5),
+    tensor_shapes=st.lists(shapes, min_size=1, max_size=3),
+    data=st.data(),
+)
+@example(k=1, tensor_shapes=[(2,)], data=None)
+def test_weighted_direction_equals_oracle(k, tensor_shapes, data):
+    """(6)."""
+    if data is None:
+        w, eps = np.ones(1), [np.array([[0.5, -1.0]])]
+    else:
+        raw = data.draw(arrays_like((k,), st.floats(0.0, 1.0)))
+        w = raw / raw.sum() if raw.sum() > 0 else np.full(k, 1 / k)
+        eps = [data.draw(arrays_like((k, *s))) for s in tensor_shapes]
+    got = weighted_direction(tt(w), [tt(e) for e in eps])
+    for a, b, e in zip(got, ref.weighted_direction(w, eps), eps, strict=True):
+        assert a.dtype == F64
+        assert_close(nn_(a), b, magnitude=np.max(np.abs(e), initial=0.0))
+
+
+# ------------------------------------------------------------------ properties (math.md §4.4)
+
+
+@given(
+    losses=arrays_like((6,), st.floats(-1e6, 1e6)),
+    log_q=arrays_like((6,), st.floats(-50.0, 50.0)),
+    shift=st.floats(-1e3, 1e3),
+    temperature=st.floats(0.01, 100.0),
+)
+def test_weights_sum_to_one_and_ignore_constant_shifts(losses, log_q, shift, temperature):
+    """§4.4 (4): normalized; adding a constant to every loss (and d_0) or to log q changes
+    nothing."""
+
+    def w(d, d0, q):
+        return nn_(importance_weights(tt(d), d0, tt(q), temperature=temperature))
+
+    base = w(losses, 0.5, log_q)
+    assert base.sum() == pytest.approx(1.0, abs=1e-12) and (base >= 0).all()
+    np.testing.assert_allclose(w(losses + shift, 0.5 + shift, log_q), base, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(w(losses, 0.5, log_q + shift), base, rtol=1e-6, atol=1e-9)
+
+
+def test_temperature_to_zero_selects_the_best_and_splits_ties():
+    """§4.4 (6): alpha -> 0 is one-hot on argmin d_k (ties split); a huge alpha gives 1/q."""
+    log_q = tt([0.0, 1.0, -1.0, 0.5])
+    best = importance_weights(tt([3.0, 1.0, 2.0, 1.5]), 0.0, log_q, temperature=1e-8)
+    np.testing.assert_array_equal(nn_(best), [0.0, 1.0, 0.0, 0.0])
+    tie = importance_weights(tt([3.0, 1.0, 1.0, 1.5]), 0.0, torch.zeros(4), temperature=1e-8)
+    np.testing.assert_array_equal(nn_(tie), [0.0, 0.5, 0.5, 0.0])
+    far = importance_weights(tt([3.0, 1.0, 2.0, 1.5]), 0.0, log_q, temperature=1e12)
+    inv_q = np.exp(-nn_(log_q))
+    np.testing.assert_allclose(nn_(far), inv_q / inv_q.sum(), rtol=1e-9)
+
+
+def test_identical_candidates_and_a_single_candidate():
+    """§4.4 (5) and K = 1: the direction is the candidate, whatever the weights."""
+    eps = tt(np.tile([[0.3, -1.2, 2.0]], (4, 1)))
+    w = importance_weights(
+        tt([4.0, 1.0, 2.0, 3.0]), 0.0, tt([0.1, 0.0, 2.0, -1.0]), temperature=1.0
+    )
+    np.testing.assert_allclose(nn_(weighted_direction(w, [eps])[0]), [0.3, -1.2, 2.0], rtol=1e-12)
+    w1 = importance_weights(tt([9.0]), 0.0, tt([3.0]), temperature=1.0)
+    np.testing.assert_array_equal(nn_(w1), [1.0])
+    (d1,) = weighted_direction(w1, [eps[:1]])
+    assert torch.equal(d1, eps[0])
+
+
+@pytest.mark.parametrize("temperature", [0.1, 1.0])
+def test_ball_model_mean_direction_is_minus_g(temperature):
+    """§4.4 (1), Monte Carlo: uniform candidates in the disk |Delta| <= 0.5 (a constant
+    proposal) and l = g.Delta give a mean direction along -g (cos > 0.99)."""
+    gen = torch.Generator().manual_seed(5)
+    n, radius, g = 400_000, 0.5, tt([0.7, -0.2])
+    r = radius * torch.rand(n, generator=gen, dtype=F64).sqrt()
+    phi = 2 * math.pi * torch.rand(n, generator=gen, dtype=F64)
+    pts = torch.stack([r * phi.cos(), r * phi.sin()], dim=1)
+    w = importance_weights(pts @ g, 0.0, torch.zeros(n, dtype=F64), temperature=temperature)
+    (mean,) = weighted_direction(w, [pts])
+    assert -(mean @ g) / (mean.norm() * g.norm()) > 0.99
+
+
+def test_one_dimensional_closed_form():
+    """§4.4 (2): on |Delta| <= 0.5 with l = 0.7 Delta, alpha = 0.5, a uniform proposal gives
+    -eps L(eps g / alpha) = -0.11302 (L the Langevin function)."""
+    n, eps_r = 200_000, 0.5
+    delta = -eps_r + (torch.arange(n, dtype=F64) + 0.5) * (2 * eps_r / n)
+    w = importance_weights(0.7 * delta, 0.0, torch.zeros(n, dtype=F64), temperature=0.5)
+    (mean,) = weighted_direction(w, [delta[:, None]])
+    x = eps_r * 0.7 / 0.5
+    assert mean.item() == pytest.approx(-eps_r * (1 / math.tanh(x) - 1 / x), rel=1e-8)
+    assert mean.item() == pytest.approx(-0.11302, abs=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 3.0])
+def test_proposal_equal_to_the_gaussian_target_gives_equal_weights(alpha):
+    """§4.4 (3): for l = g.Delta + h/2 |Delta|^2 the target exp(-l / alpha) is N(-g / h,
+    alpha / h); (4) with mix 1, guide -g / h and s^2 = alpha / h ("exact") is that density up to
+    a constant, so every weight is 1 / K and the step tends to the Newton step -g / h."""
+    h, g = 2.0, tt([1.0, -2.0, 0.5])
+    guide, s = -g / h, math.sqrt(alpha / h)
+    gen = torch.Generator().manual_seed(1)
+    k = 100_000
+    z = torch.randn(k, 3, generator=gen, dtype=F64)
+    eps = perturbations(guide, z, [True] * k, scale=s)
+    losses = eps @ g + 0.5 * h * eps.square().sum(1)
+    log_q = log_proposal([eps], [guide], [s], mix=1.0, proposal_density="exact")
+    w = importance_weights(losses, 0.0, log_q, temperature=alpha)
+    np.testing.assert_allclose(nn_(w), 1 / k, rtol=1e-8)
+    (mean,) = weighted_direction(w, [eps])
+    np.testing.assert_allclose(nn_(mean), nn_(guide), atol=0.02)
+
+
+# ------------------------------------------------------------------- MGS vs the oracle step
+
+C = [np.array([0.4, -0.3, 1.1]), np.array([[0.2, -0.7], [0.5, 0.0]])]
+
+
+def smooth_loss(ps) -> float:
+    """A smooth task loss of NumPy arrays (the oracle's and the closure's)."""
+    return float(sum(np.sum(np.sin(3 * p) + (p - c) ** 2) for p, c in zip(ps, C, strict=True)))
+
+
+def start_params():
+    return [np.array([0.5, -1.0, 0.25]), np.array([[1.0, -0.5], [0.0, 2.0]])]
+
+
+def oracle_step(params, grads, normals, mask, loss_fn, lrs, noises, modes, hyper):
+    """The oracle with per-tensor lr, noise and noise_scale: ``mgs_step`` where they agree,
+    else its kernels composed the same way."""
+    if len(set(noises)) == 1 and len(set(modes)) == 1:
+        _, delta, _ = ref.mgs_step(
+            params,
+            grads,
+            normals,
+            mask,
+            loss_fn,
+            lr=1.0,
+            noise=noises[0],
+            noise_scale_mode=modes[0],
+            **hyper,
+        )
+    else:
+        guides = ref.clip_surrogate(grads, hyper["max_grad_norm"])
+        scales = [ref.noise_scale(g, n, m) for g, n, m in zip(guides, noises, modes, strict=True)]
+        eps = [
+            ref.perturbations(g, z, mask, s, hyper["antithetic"])
+            for g, z, s in zip(guides, normals, scales, strict=True)
+        ]
+        d0 = loss_fn(params)
+        losses = [
+            loss_fn([p + e[i] for p, e in zip(params, eps, strict=True)]) for i in range(len(mask))
+        ]
+        log_q = ref.log_proposal(eps, guides, scales, hyper["mix"], hyper["proposal_density"])
+        w = ref.importance_weights(losses, d0, log_q, hyper["temperature"])
+        delta = ref.weighted_direction(w, eps)
+    return [p + lr * d for p, d, lr in zip(params, delta, lrs, strict=True)], delta
+
+
+ORACLE_KEYS = ("mix", "temperature", "proposal_density", "antithetic", "max_grad_norm")
+DEFAULT_HYPER = {
+    "num_samples": 4,
+    "noise": 1.0,
+    "noise_scale": "grad",
+    "mix": 0.5,
+    "random_mix": False,
+    "temperature": 1.0,
+    "proposal_density": "exact",
+    "antithetic": False,
+    "max_grad_norm": 1.0,
+}
+CONFIGS = {
+    "reference_defaults": {},
+    "constant_unit_variance_no_clip": {
+        "noise_scale": "constant",
+        "noise": 0.3,
+        "proposal_density": "unit_variance",
+        "num_samples": 6,
+        "mix": 0.25,
+        "max_grad_norm": None,
+    },
+    "antithetic": {"antithetic": True, "temperature": 0.1, "num_samples": 6},
+    "random_mix": {"random_mix": True, "mix": 0.7, "num_samples": 5},
+    "random_mix_antithetic": {"random_mix": True, "antithetic": True, "mix": 0.5},
+    "single_candidate": {"num_samples": 1},
+    "mix_0": {"mix": 0.0, "temperature": 3.0},
+    "mix_1": {"mix": 1.0, "max_grad_norm": 10.0},
+    "black_box": {"noise_scale": "constant", "noise": 0.2, "grads": "none"},
+    "one_tensor_without_surrogate": {"grads": "first_none", "lr": 0.5},
+    "groups": {"groups": True},
+}
+
+
+def run_against_oracle(config, steps=3, seed=11):
+    """Run MGS and the oracle side by side, the oracle fed ``MGS._draw`` from a generator of
+    the same seed; returns both trajectories."""
+    config = dict(config)
+    grads_mode = config.pop("grads", "all")
+    groups = config.pop("groups", False)
+    lr = config.pop("lr", 1.0)
+    hyper = {**DEFAULT_HYPER, **config}
+    params = start_params()
+    ps = [tt(p).requires_grad_() for p in params]
+    if groups:  # per-group lr (scheduled), noise and noise_scale
+        opt = MGS(
+            [
+                {"params": [ps[0]], "lr": 0.5, "noise": 0.5},
+                {"params": [ps[1]], "lr": 2.0, "noise": 2.0, "noise_scale": "constant"},
+            ],
+            seed=seed,
+            **{k: v for k, v in hyper.items() if k not in ("noise", "noise_scale")},
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        noises, modes = [0.5, 2.0], ["grad", "constant"]
+    else:
+        opt = MGS(ps, lr=lr, seed=seed, **hyper)
+        scheduler = None
+        noises, modes = [hyper["noise"]] * 2, [hyper["noise_scale"]] * 2
+    draws = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    oracle_hyper = {k: hyper[k] for k in ORACLE_KEYS}
+    got, want = [], []
+    for _ in range(steps):
+        grads = [rng.standard_normal(p.shape) for p in params]
+        if grads_mode == "none":
+            grads = [None, None]
+        elif grads_mode == "first_none":
+            grads[0] = None
+        lrs = [g["lr"] for g in opt.param_groups]
+        lrs = lrs if groups else [lr, lr]
+        mask, normals = opt._draw(draws)
+        params, _ = oracle_step(
+            params,
+            grads,
+            [nn_(z) for z in normals],
+            mask,
+            smooth_loss,
+            lrs,
+            noises,
+            modes,
+            oracle_hyper,
+        )
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = tt(g)
+        loss = opt.step(lambda: smooth_loss([nn_(p) for p in ps]))
+        assert isinstance(loss, float)
+        if scheduler is not None:
+            scheduler.step()
+        got.append([nn_(p) for p in ps])
+        want.append([p.copy() for p in params])
+    return got, want
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_step_equals_oracle_with_the_same_noise(name):
+    """(1)-(7) over three steps, float64, per configuration (per-group values and an LR
+    scheduler in "groups")."""
+    got, want = run_against_oracle(CONFIGS[name])
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close(x, y, err_msg=f"step {k + 1}, tensor {i}")
+    assert not np.array_equal(got[-1][0], start_params()[0])  # it moved
+
+
+def test_draw_order_and_low_precision_normals():
+    """The documented draw order: (random_mix uniforms,) then one normal block per parameter,
+    half dtypes drawn in float32 and cast."""
+    a = torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.zeros(2, 2, dtype=F64, requires_grad=True)
+    opt = MGS([a, b], num_samples=4, antithetic=True, random_mix=True, mix=0.5, seed=3)
+    mask, (za, zb) = opt._draw(torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    u = torch.rand(2, generator=gen, dtype=F64)
+    assert mask == [m for m in (u < 0.5).tolist() for _ in range(2)]
+    assert torch.equal(za, torch.randn(2, 3, generator=gen).bfloat16())
+    assert torch.equal(zb, torch.randn(2, 2, 2, generator=gen, dtype=F64))
+
+
+def test_low_precision_parameters_step():
+    """bf16 parameters: Delta is computed in float32 and rounded once into the parameter."""
+    p = torch.tensor([1.0, -2.0, 0.5], dtype=torch.bfloat16, requires_grad=True)
+    p32 = p.detach().float().clone().requires_grad_()
+    opt = MGS([p], seed=0, noise_scale="constant", noise=0.1)
+    twin = MGS([p32], seed=0, noise_scale="constant", noise=0.1)
+    gen, gen32 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    for _ in range(2):
+        _, (z,) = opt._draw(gen)
+        _, (z32,) = twin._draw(gen32)
+        assert z.dtype == torch.bfloat16 and torch.equal(z, z32.bfloat16())
+    before = p.detach().clone()
+    opt.step(lambda: p.float().square().sum())
+    assert p.dtype == torch.bfloat16 and torch.isfinite(p).all()
+    assert not torch.equal(p, before)
+
+
+# ----------------------------------------------------------------------- base optimizers
+
+
+def quadratic_setup(seed=4, base=None, **kwargs):
+    ps = [tt(p).requires_grad_() for p in start_params()]
+    opt = MGS(ps, None if base is None else base(ps), seed=seed, **kwargs)
+
+    def set_grads(step):
+        rng = np.random.default_rng(100 + step)
+        for p in ps:
+            p.grad = tt(rng.standard_normal(p.shape))
+
+    def closure():
+        return smooth_loss([nn_(p) for p in ps])
+
+    return ps, opt, set_grads, closure
+
+
+def test_sgd_with_lr_1_equals_the_plain_update_bitwise():
+    ps, opt, set_grads, closure = quadratic_setup(lr=1.0)
+    qs, sgd, set_grads_q, closure_q = quadratic_setup(
+        base=lambda params: torch.optim.SGD(params, lr=1.0)
+    )
+    for step in range(3):
+        set_grads(step)
+        set_grads_q(step)
+        opt.step(closure)
+        sgd.step(closure_q)
+    for p, q in zip(ps, qs, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_adamw_consumes_minus_delta_as_its_gradient():
+    """The reference code's setup: AdamW fed -Delta, here against torch's own AdamW fed the
+    oracle's -Delta; ``.grad`` holds -Delta after the step."""
+    adamw = {"lr": 0.05, "weight_decay": 0.01, "eps": 1e-8}
+    ps, opt, set_grads, closure = quadratic_setup(
+        base=lambda params: torch.optim.AdamW(params, **adamw)
+    )
+    twin = [tt(p).requires_grad_() for p in start_params()]
+    twin_opt = torch.optim.AdamW(twin, **adamw)
+    draws = torch.Generator().manual_seed(4)
+    hyper = {k: DEFAULT_HYPER[k] for k in ORACLE_KEYS}
+    for step in range(3):
+        set_grads(step)
+        params = [nn_(p) for p in twin]
+        grads = [nn_(p.grad) for p in ps]
+        mask, normals = opt._draw(draws)
+        _, delta, _ = ref.mgs_step(
+            params, grads, [nn_(z) for z in normals], mask, smooth_loss, **hyper
+        )
+        opt.step(closure)
+        for p, d in zip(ps, delta, strict=True):
+            assert_close(nn_(p.grad), -d)
+        for q, d in zip(twin, delta, strict=True):
+            q.grad = tt(-d)
+        twin_opt.step()
+        for p, q in zip(ps, twin, strict=True):
+            assert_close(nn_(p), nn_(q))
+
+
+# ------------------------------------------------------------------ failures change nothing
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_a_raising_closure_changes_nothing(fail_at):
+    """At theta (call 1) or at candidate 0 or 1: parameters and gradients bitwise as before, the
+    generator too (the next step is the one a run without the failure takes)."""
+    ps, opt, set_grads, closure = quadratic_setup(random_mix=True)
+    qs, twin, set_grads_q, closure_q = quadratic_setup(random_mix=True)
+    set_grads(0)
+    set_grads_q(0)
+    before = [p.detach().clone() for p in ps]
+    grads = [p.grad.clone() for p in ps]
+    generator = opt.state_dict()["generator"]
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise RuntimeError("boom")
+        return closure()
+
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step(flaky)
+    for p, b, g in zip(ps, before, grads, strict=True):
+        assert torch.equal(p, b) and torch.equal(p.grad, g)
+    assert torch.equal(opt.state_dict()["generator"], generator)
+    opt.step(closure)
+    twin.step(closure_q)
+    for p, q in zip(ps, qs, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_non_finite_loss_at_theta_raises_and_changes_nothing():
+    ps, opt, set_grads, _ = quadratic_setup()
+    set_grads(0)
+    before = [p.detach().clone() for p in ps]
+    generator = opt.state_dict()["generator"]
+    calls = []
+    with pytest.raises(ValueError, match=r"^Invalid loss: nan \(must be finite"):
+        opt.step(lambda: calls.append(1) or torch.tensor(NAN))
+    assert len(calls) == 1  # no candidate evaluated
+    assert all(torch.equal(p, b) for p, b in zip(ps, before, strict=True))
+    assert torch.equal(opt.state_dict()["generator"], generator)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [torch.ones(2), torch.ones(1, 2), "1.0", None, [1.0], torch.tensor(1 + 1j)],
+    ids=["vector", "matrix", "str", "none", "list", "complex"],
+)
+def test_a_closure_must_return_one_number(value):
+    ps, opt, _, _ = quadratic_setup()
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(ValueError, match=r"^Invalid closure: returned"):
+        opt.step(lambda: value)
+    assert all(torch.equal(p, b) for p, b in zip(ps, before, strict=True))
+
+
+def test_closure_values_of_every_kind_and_the_return_value():
+    ps, opt, _, closure = quadratic_setup()
+    for value in (1, 2.5, np.float32(0.5), torch.tensor([3.0]), torch.tensor(4.0, dtype=F64)):
+        assert opt.step(lambda v=value: v) is value
+
+
+def test_non_finite_candidate_losses_get_weight_zero():
+    """A NaN and an inf candidate: the step equals the oracle's (weights 0 there, finite
+    update); all candidates non-finite: Delta = 0."""
+    ps, opt, set_grads, closure = quadratic_setup()
+    set_grads(0)
+    params = [nn_(p) for p in ps]
+    grads = [nn_(p.grad) for p in ps]
+    mask, normals = opt._draw(torch.Generator().manual_seed(4))
+    losses = iter([1.0, NAN, 0.5, INF, 2.0])
+    hyper = {k: DEFAULT_HYPER[k] for k in ORACLE_KEYS}
+    oracle_losses = iter([1.0, NAN, 0.5, INF, 2.0])
+    want, _, w = ref.mgs_step(
+        params, grads, [nn_(z) for z in normals], mask, lambda _: next(oracle_losses), **hyper
+    )
+    assert w[0] == 0 and w[2] == 0
+    opt.step(lambda: next(losses))
+    for p, x in zip(ps, want, strict=True):
+        assert torch.isfinite(p).all()
+        assert_close(nn_(p), x)
+    before = [p.detach().clone() for p in ps]
+    values = iter([1.0, NAN, INF, -INF, NAN])
+    opt.step(lambda: next(values))
+    assert all(torch.equal(p, b) for p, b in zip(ps, before, strict=True))
+
+
+# -------------------------------------------------------------------------- checkpoints
+
+
+def save_and_load(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("with_base", [False, True], ids=["plain", "adamw"])
+def test_resumed_run_repeats_the_uninterrupted_one_bitwise(with_base):
+    base = (lambda params: torch.optim.AdamW(params, lr=0.05)) if with_base else None
+    kwargs = {"random_mix": True, "antithetic": True, "mix": 0.6}
+    ps, opt, set_grads, closure = quadratic_setup(base=base, **kwargs)
+    for step in range(3):
+        set_grads(step)
+        opt.step(closure)
+    saved = save_and_load(opt.state_dict())
+    assert saved["generator"].dtype == torch.uint8 and saved["generator"].device.type == "cpu"
+    assert ("base_optimizer" in saved) == with_base
+    qs, resumed, set_grads_q, closure_q = quadratic_setup(base=base, seed=999, **kwargs)
+    with torch.no_grad():
+        for p, q in zip(ps, qs, strict=True):
+            q.copy_(p)
+    resumed.load_state_dict(saved)
+    clone = copy.deepcopy(opt)
+    clone_ps = [p for g in clone.param_groups for p in g["params"]]
+    for step in range(3, 6):
+        for setter in (set_grads, set_grads_q):
+            setter(step)
+        for p, c in zip(ps, clone_ps, strict=True):
+            c.grad = p.grad.clone()
+        opt.step(closure)
+        resumed.step(closure_q)
+        clone.step(lambda: smooth_loss([nn_(c) for c in clone_ps]))
+    for p, q, c in zip(ps, qs, clone_ps, strict=True):
+        assert torch.equal(p, q) and torch.equal(p, c)
+
+
+def test_seed_none_follows_torch_manual_seed():
+    torch.manual_seed(123)
+    ps, opt, _, closure = quadratic_setup(seed=None)
+    torch.manual_seed(123)
+    qs, twin, _, closure_q = quadratic_setup(seed=None)
+    for _ in range(2):
+        opt.step(closure)
+        twin.step(closure_q)
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs, strict=True))
+    assert opt.seed == twin.seed
+
+
+# ------------------------------------------------------------------------ population path
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+X = torch.linspace(-1, 1, 24, dtype=F64).reshape(8, 3)
+Y = torch.sin(X.sum(1, keepdim=True))
+
+
+def mse(forward):
+    return (forward(X) - Y).square().mean()
+
+
+def test_population_path_equals_closure_path():
+    """One batched call with B = K + 1 (theta first) gives the closure path's steps."""
+    net, twin = mlp(), mlp()
+    opt = MGS(net.parameters(), seed=2, num_samples=4)
+    twin_opt = MGS(twin.parameters(), seed=2, num_samples=4)
+    sizes = []
+    batched = functional_population(twin, mse)
+
+    def population(stacked):
+        sizes.append([tuple(s.shape) for s in stacked])
+        return batched(stacked)
+
+    for _ in range(3):
+        for model in (net, twin):
+            model.zero_grad()
+            mse(model).backward()  # the surrogate: the differentiable loss's gradient
+        loss = opt.step(lambda: mse(net))
+        loss_q = twin_opt.step(population=population)
+        assert loss_q.dtype == F64 and loss_q.item() == pytest.approx(loss.item(), rel=1e-12)
+    assert sizes[0] == [(5, *p.shape) for p in twin.parameters()]
+    for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+        assert_close(nn_(q), nn_(p))
+
+
+def test_population_must_match_the_parameters_and_return_one_loss_each():
+    net, other = mlp(), mlp(1)
+    opt = MGS(net.parameters(), seed=0)
+    with pytest.raises(ValueError, match="^Invalid population: its module's parameters"):
+        opt.step(population=functional_population(other, mse))
+    with pytest.raises(ValueError, match=r"^Invalid population: returned 3 values"):
+        opt.step(population=lambda stacked: torch.zeros(3))
+    with pytest.raises(ValueError, match="^Invalid closure: MGS.step needs exactly one"):
+        opt.step()
+    with pytest.raises(ValueError, match="^Invalid closure: MGS.step needs exactly one"):
+        opt.step(lambda: 0.0, population=functional_population(net, mse))
+
+
+# ---------------------------------------------------------------------------- distributed
+
+
+def distributed_run(global_seed, steps=2, population=False):
+    """The run both the single process and each rank make; MGS draws its seed from torch's
+    global generator, seeded per rank here: the broadcast makes every rank use rank 0's."""
+    net = mlp()
+    torch.manual_seed(global_seed)
+    opt = MGS(
+        net.parameters(), seed=None, num_samples=4, distributed=torch.distributed.is_initialized()
+    )
+    calls = []
+
+    def closure():
+        calls.append(1)
+        return mse(net)
+
+    batched = functional_population(net, mse)
+
+    def pop(stacked):
+        calls.append(stacked[0].shape[0])
+        return batched(stacked)
+
+    for _ in range(steps):
+        net.zero_grad()
+        mse(net).backward()
+        if population:
+            opt.step(population=pop)
+        else:
+            opt.step(closure)
+    return [p.detach().clone() for p in net.parameters()], calls
+
+
+def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    try:
+        global_seed = 0 if rank == 0 else 77
+        params, calls = distributed_run(global_seed)
+        pop_params, pop_calls = distributed_run(global_seed, population=True)
+        torch.save(
+            {"params": params, "calls": calls, "pop_params": pop_params, "pop_calls": pop_calls},
+            pathlib.Path(out_dir) / f"rank{rank}.pt",
+        )
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_distributed_ranks_split_the_candidates_and_match_one_process(tmp_path):
+    """Two gloo processes: evaluation i (0 = theta) on rank i % 2; both ranks end with the
+    single-process parameters, bitwise (each loss travels alone in its sum)."""
+    want, _ = distributed_run(0)
+    want_pop, _ = distributed_run(0, population=True)
+    torch.multiprocessing.spawn(
+        _distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    for rank, (n_calls, batch) in enumerate([(3, [3, 3]), (2, [2, 2])]):
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert len(out["calls"]) == 2 * n_calls  # 2 steps, K + 1 = 5 evaluations shared
+        assert out["pop_calls"] == batch
+        for got, expected in ((out["params"], want), (out["pop_params"], want_pop)):
+            for p, q in zip(got, expected, strict=True):
+                assert torch.equal(p, q)
+
+
+def test_distributed_needs_a_process_group():
+    with pytest.raises(RuntimeError, match="needs an initialized torch.distributed"):
+        MGS([torch.zeros(2, requires_grad=True)], distributed=True)
+
+
+# --------------------------------------------------------------------------- black box
+
+
+def test_black_box_search_lowers_the_zero_one_error():
+    """No gradients, constant noise: MGS alone trains a linear classifier on its 0-1 error (a
+    loss without a useful gradient) from chance level."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 2))
+    y = x @ np.array([1.5, -1.0]) + 0.3 > 0
+    w = torch.tensor([1.0, 1.5], dtype=F64, requires_grad=True)  # about orthogonal to the truth
+    b = torch.zeros(1, dtype=F64, requires_grad=True)
+
+    def error():
+        return float(np.mean((x @ nn_(w) + nn_(b) > 0) != y))
+
+    start = error()
+    opt = MGS([w, b], noise_scale="constant", noise=0.3, temperature=0.01, seed=0)
+    for _ in range(200):
+        opt.step(error)
+    assert 0.35 < start < 0.65
+    assert error() < 0.1
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+def one_param():
+    return [torch.zeros(3, requires_grad=True)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_samples": 0}, r"^Invalid num_samples: 0 \(must be an integer >= 1\)$"),
+        ({"num_samples": 2.0}, r"^Invalid num_samples: 2\.0 \(must be an integer >= 1\)$"),
+        ({"num_samples": True}, r"^Invalid num_samples: True \(must be an integer >= 1\)$"),
+        (
+            {"num_samples": 3, "antithetic": True},
+            r"^Invalid num_samples: 3 \(must be even with antithetic=True",
+        ),
+        ({"noise": 0.0}, r"^Invalid noise: 0\.0 \(must be > 0\)$"),
+        ({"noise_scale": "uniform"}, r"^Invalid noise_scale: 'uniform' \(must be one of 'grad'"),
+        ({"mix": 1.5}, r"^Invalid mix: 1\.5 \(must be in \[0, 1\]\)$"),
+        ({"mix": -0.1}, r"^Invalid mix: -0\.1 \(must be in \[0, 1\]\)$"),
+        ({"temperature": 0.0}, r"^Invalid temperature: 0\.0 \(must be > 0\)$"),
+        (
+            {"proposal_density": "unit"},
+            r"^Invalid proposal_density: 'unit' \(must be one of 'exact', 'unit_variance'\)$",
+        ),
+        ({"max_grad_norm": 0.0}, r"^Invalid max_grad_norm: 0\.0 \(must be > 0\)$"),
+        ({"lr": -0.1}, r"^Invalid lr: -0\.1 \(must be >= 0\)$"),
+        ({"seed": -1}, r"^Invalid seed: -1 \(must be an integer in \[0, 2\*\*63\) or None\)$"),
+        ({"seed": "0"}, r"^Invalid seed: '0'"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MGS(one_param(), **kwargs)
+
+
+def test_tensor_lr_must_have_one_element():
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        MGS(one_param(), lr=torch.ones(2))
+    p = torch.zeros(2, dtype=F64, requires_grad=True)
+    MGS([p], lr=torch.tensor(0.5), seed=0).step(lambda: p.sum())
+
+
+@pytest.mark.parametrize(
+    ("group", "message"),
+    [
+        ({"num_samples": 6}, r"^Invalid num_samples: 6 \(must be the same in every param group "),
+        ({"mix": 0.25}, r"^Invalid mix: 0\.25 \(must be the same in every param group"),
+        ({"temperature": 2.0}, r"^Invalid temperature: 2\.0 \(must be the same"),
+        ({"antithetic": True}, r"^Invalid antithetic: True \(must be the same"),
+        ({"random_mix": True}, r"^Invalid random_mix: True \(must be the same"),
+        ({"proposal_density": "unit_variance"}, r"^Invalid proposal_density: 'unit_variance'"),
+        ({"max_grad_norm": None}, r"^Invalid max_grad_norm: None \(must be the same"),
+        ({"noise": -1.0}, r"^Invalid noise: -1\.0 \(must be > 0\)$"),
+    ],
+)
+def test_groups_share_the_candidate_hyperparameters(group, message):
+    a, b = one_param()[0], one_param()[0]
+    with pytest.raises(ValueError, match=message):
+        MGS([{"params": [a]}, {"params": [b], **group}])
+    opt = MGS(
+        [{"params": [a]}, {"params": [b], "lr": 0.1, "noise": 3.0, "noise_scale": "constant"}]
+    )
+    assert [g["noise"] for g in opt.param_groups] == [1.0, 3.0]
+    opt.param_groups[1].update(group)  # changed later: the next step refuses
+    with pytest.raises(ValueError, match=message):
+        opt.step(lambda: 0.0)
+
+
+def test_base_optimizer_must_cover_exactly_the_same_parameters():
+    a, b = one_param()[0], one_param()[0]
+    with pytest.raises(
+        ValueError, match=r"^Invalid base_optimizer: 'SGD' \(must be an optimizer over exactly"
+    ):
+        MGS([a, b], torch.optim.SGD([a], lr=0.1))
+    with pytest.raises(TypeError, match="base_optimizer must be a torch.optim.Optimizer"):
+        MGS([a], object())
+    opt = MGS([a], torch.optim.SGD([a], lr=0.1))
+    opt.base_optimizer.add_param_group({"params": [b]})
+    with pytest.raises(ValueError, match="^Invalid base_optimizer"):
+        opt.step(lambda: 0.0)
+    with pytest.raises(ValueError, match="^Invalid state_dict"):
+        MGS([a]).load_state_dict(MGS([a], torch.optim.SGD([a], lr=0.1)).state_dict())
+
+
+def test_sparse_gradients_and_complex_parameters_are_refused():
+    emb = nn.Embedding(5, 2, sparse=True)
+    opt = MGS(emb.named_parameters(), seed=0)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(
+        TypeError, match=r"MGS does not support sparse gradients \(parameter 'weight'"
+    ):
+        opt.step(lambda: 0.0)
+    with pytest.raises(TypeError, match="MGS does not support complex parameters"):
+        MGS([torch.zeros(2, dtype=torch.complex64, requires_grad=True)])
