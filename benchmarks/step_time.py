@@ -1,17 +1,19 @@
 """Study ``step_time``: how fast is one optimizer step, against peers and the memory limit?
 
 One step of RMSprop is memory-bound: it reads the parameter, the gradient and the second
-moment and writes two of them, 20 bytes per float32 parameter. We time steps (median over
-repeats after warm-up) on the parameter sets of benchmarks.md, report each implementation's
-time as a ratio against its peer measured in the same run (torch.optim.RMSprop(foreach=True)
-for torch, optax.rmsprop under jit with donated buffers for JAX), and the achieved bandwidth
-against a copy bandwidth measured in the same run.
+moment and writes two of them, 20 bytes per float32 parameter; Amos with full state (v and b
+per entry) moves 28. We time steps (median over repeats after warm-up) on the parameter sets of
+benchmarks.md, report each implementation's time as a ratio against its peer measured in the
+same run (RMSprop: torch.optim.RMSprop(foreach=True) for torch, optax.rmsprop under jit with
+donated buffers for JAX; Amos: pytorch_optimizer.Amos and the reference jestimator amos, each
+where installed), and the achieved bandwidth against a copy bandwidth measured in the same run.
 
 Run alone: ``python -m benchmarks --only step_time``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import numpy as np
@@ -25,12 +27,16 @@ from benchmarks._common import (
     pyplot,
     save_figure,
 )
+from benchmarks.peers import reference_amos
 
 NAME = "step_time"
 QUESTION = "How fast is one optimizer step, against peers and against the memory limit?"
 # Bytes a step must move per float32 parameter: element-wise RMSprop reads theta, g, nu and
-# writes theta, nu; the global form has no nu but reads g twice (norm, then update).
-BYTES_PER_PARAM = {"elementwise": 20, "global": 16}
+# writes theta, nu; the global form has no nu but reads g twice (norm, then update). Amos with
+# full state reads theta, g, v, b and writes theta, v, b; with one v, b per tensor it reads g
+# twice (its mean square, then the update) and theta once, and writes theta.
+BYTES_PER_PARAM = {"elementwise": 20, "global": 16, "amos_full": 28, "amos_reduced": 16}
+AMOS_LR = 0.01  # any value: a step's cost does not depend on it
 
 
 def parameter_sets(quick: bool) -> dict[str, list[tuple[int, ...]]]:
@@ -65,6 +71,14 @@ def torch_rows(sets, repeats, device):
         ),
         "RMSpropODE(scale='global')": lambda ps: torch_opt.RMSpropODE(ps, scale="global"),
     }
+    if importlib.util.find_spec("pytorch_optimizer") is not None:
+        import pytorch_optimizer
+
+        impls["pytorch_optimizer.Amos"] = lambda ps: pytorch_optimizer.Amos(ps, lr=AMOS_LR)
+    impls["Amos(shape=()) (one v, b per tensor)"] = lambda ps: torch_opt.Amos(
+        ps, lr=AMOS_LR, shape=lambda name, p: ()
+    )
+    impls["Amos() (full state)"] = lambda ps: torch_opt.Amos(ps, lr=AMOS_LR)
     rows = []
     for set_name, shapes in sets.items():
         numel = sum(int(np.prod(s)) for s in shapes)
@@ -104,6 +118,17 @@ def jax_rows(sets, repeats):
         "rmsprop_ode (jit, donated)": lambda: jax_opt.rmsprop_ode(1e-2),
         "rmsprop_ode(scale='global')": lambda: jax_opt.rmsprop_ode(1e-2, scale="global"),
     }
+    ref = reference_amos()
+    if ref is not None:
+        impls["jestimator amos (reference, jit, donated)"] = lambda: ref.amos(
+            AMOS_LR, eta_fn=lambda name, shape: 0.5
+        )
+    impls["amos (full state, jit, donated)"] = lambda: jax_opt.amos(
+        AMOS_LR, eta_fn=lambda name, shape: 0.5
+    )
+    impls["amos(shape_fn -> ()) (one v, b per tensor)"] = lambda: jax_opt.amos(
+        AMOS_LR, eta_fn=lambda name, shape: 0.5, shape_fn=lambda name, shape: ()
+    )
     rows = []
     for set_name, shapes in sets.items():
         key = jax.random.PRNGKey(0)
@@ -155,7 +180,24 @@ def jax_rows(sets, repeats):
     return rows
 
 
-PEERS = {"torch": "torch.optim.RMSprop(foreach=True)", "jax": "optax.rmsprop (jit, donated)"}
+PEERS = {  # (framework, family) -> the peer's row
+    ("torch", "rmsprop"): "torch.optim.RMSprop(foreach=True)",
+    ("jax", "rmsprop"): "optax.rmsprop (jit, donated)",
+    ("torch", "amos"): "pytorch_optimizer.Amos",
+    ("jax", "amos"): "jestimator amos (reference, jit, donated)",
+}
+
+
+def family(impl: str) -> str:
+    return "amos" if "amos" in impl.lower() else "rmsprop"
+
+
+def form(impl: str) -> str:
+    """The key of ``BYTES_PER_PARAM`` for an implementation's row."""
+    if family(impl) == "amos":
+        reduced = "per tensor" in impl or "pytorch_optimizer" in impl
+        return "amos_reduced" if reduced else "amos_full"
+    return "global" if "global" in impl else "elementwise"
 
 
 def run(ctx: Context) -> StudyResult:
@@ -166,10 +208,11 @@ def run(ctx: Context) -> StudyResult:
     for fw in progress(jobs, NAME):
         rows += torch_rows(sets, repeats, ctx.device) if fw == "torch" else jax_rows(sets, repeats)
     for r in rows:
-        peer = next(x for x in rows if x["set"] == r["set"] and x["impl"] == PEERS[r["framework"]])
-        r["ratio_vs_peer"] = r["ms"] / peer["ms"]
-        form = "global" if "global" in r["impl"] else "elementwise"
-        r["gbs"] = BYTES_PER_PARAM[form] * r["numel"] / r["ms"] / 1e6
+        r["peer"] = PEERS[(r["framework"], family(r["impl"]))]
+        peer = next((x for x in rows if x["set"] == r["set"] and x["impl"] == r["peer"]), None)
+        r["ratio_vs_peer"] = None if peer is None else r["ms"] / peer["ms"]
+        r["bytes_per_param"] = BYTES_PER_PARAM[form(r["impl"])]
+        r["gbs"] = r["bytes_per_param"] * r["numel"] / r["ms"] / 1e6
         r["fraction_of_copy"] = r["gbs"] / r["copy_gbs"]
     table = markdown_table(
         ["set", "implementation", "ms / step", "x peer", "GB/s", "of copy bandwidth"],
@@ -178,7 +221,7 @@ def run(ctx: Context) -> StudyResult:
                 r["set"],
                 r["impl"],
                 f"{r['ms']:.2f}",
-                f"{r['ratio_vs_peer']:.2f}",
+                "peer not installed" if r["ratio_vs_peer"] is None else f"{r['ratio_vs_peer']:.2f}",
                 f"{r['gbs']:.1f}",
                 f"{100 * r['fraction_of_copy']:.0f}%",
             )
@@ -203,22 +246,32 @@ def run(ctx: Context) -> StudyResult:
             "Copy bandwidth measured in the same run: "
             + "; ".join(f"{fw} {s}: {gbs} GB/s" for fw, s, gbs in copy),
             "'x peer' is the step time divided by the peer's in the same run (lower is "
-            "faster); the speed targets belong to the speed issue, not to this one.",
+            "faster): torch.optim.RMSprop(foreach=True) / optax.rmsprop for the RMSprop rows, "
+            "pytorch_optimizer.Amos / the reference jestimator amos for the Amos rows. "
+            "pytorch_optimizer.Amos keeps one v and b per tensor, so our like-for-like row is "
+            "Amos(shape=()); the JAX Amos rows use eta 0.5 for every tensor and the "
+            "reference's default (full) state shape.",
+            "GB/s counts the bytes a step must move per float32 parameter: "
+            + ", ".join(f"{k} {v}" for k, v in BYTES_PER_PARAM.items())
+            + " (for pytorch_optimizer.Amos the count of our per-tensor form).",
         ],
     )
 
 
 def _verdict(rows) -> str:
     parts = []
-    for impl, peer in (
-        ("RMSpropODE() (default)", "torch.optim.RMSprop(foreach=True)"),
-        ("rmsprop_ode (jit, donated)", "optax.rmsprop (jit, donated)"),
+    for impl in (
+        "RMSpropODE() (default)",
+        "rmsprop_ode (jit, donated)",
+        "Amos(shape=()) (one v, b per tensor)",
+        "amos (full state, jit, donated)",
     ):
-        ratios = [r["ratio_vs_peer"] for r in rows if r["impl"] == impl]
-        if ratios:
+        chosen = [r for r in rows if r["impl"] == impl and r["ratio_vs_peer"] is not None]
+        if chosen:
+            ratios = [r["ratio_vs_peer"] for r in chosen]
             parts.append(
-                f"{impl.split(' ')[0]} takes {min(ratios):.2f}-{max(ratios):.2f} x "
-                f"the step time of {peer.split(' (')[0]}"
+                f"{impl.split(' (')[0]} takes {min(ratios):.2f}-{max(ratios):.2f} x "
+                f"the step time of {chosen[0]['peer'].split(' (')[0]}"
             )
     return "; ".join(parts)
 
