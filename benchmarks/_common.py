@@ -112,3 +112,50 @@ def save_figure(ctx: Context, fig, name: str) -> str:
     fig.savefig(ctx.path(name), dpi=110)
     pyplot().close(fig)
     return name
+
+
+# The JSON file each study writes (``<study>.json``), as a JSON Schema (draft 2020-12); the
+# smoke test validates every study's file against it.
+RESULT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": [
+        "study",
+        "question",
+        "verdict",
+        "seconds",
+        "settings",
+        "environment",
+        "figures",
+        "notes",
+        "results",
+    ],
+    "properties": {
+        "study": {"type": "string", "minLength": 1},
+        "question": {"type": "string", "pattern": r"\?$"},
+        "verdict": {"type": "string", "minLength": 1},
+        "seconds": {"type": "number", "exclusiveMinimum": 0},
+        "settings": {"type": "object", "minProperties": 1},
+        "environment": {
+            "type": "object",
+            "required": ["started", "machine", "versions", "quick", "seeds"],
+            "properties": {
+                "started": {"type": "string"},
+                "machine": {
+                    "type": "object",
+                    "required": ["system", "machine", "cpu", "cpu_count", "device"],
+                },
+                "versions": {
+                    "type": "object",
+                    "required": ["python", "numpy", "torch", "jax", "optax"],
+                    "additionalProperties": {"type": "string"},
+                },
+                "quick": {"type": "boolean"},
+                "seeds": {"type": "integer", "minimum": 1},
+            },
+        },
+        "figures": {"type": "array", "items": {"type": "string", "pattern": r"\.png$"}},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "results": {"type": "object", "minProperties": 1},
+    },
+}
