@@ -178,6 +178,20 @@ def scale_by_amos(
     parameters, which the reference keeps in their own dtype); updates are returned in the
     parameter's dtype.
 
+    The state's ``v`` and ``b`` are created with the shape, dtype and sharding that ``update``
+    gives them (a full state is sharded like its parameter), so the state's types are stable
+    over a mesh. ``optax.tree.map_params`` maps over ``v``, ``b`` and ``eta`` (trees built
+    from the parameters' tree) whatever their shapes: a function that derives shardings from
+    the parameters' must look at the leaf's shape (``eta`` is 0-d, a reduced ``v`` may be).
+
+    .. note::
+        A schedule is called with the 1-based count ``t`` (the reference's convention), while
+        ``optax.inject_hyperparams`` evaluates it itself with optax's 0-based count and hands
+        the value over as a number. To get the same steps under ``inject_hyperparams``, shift
+        it: ``inject_hyperparams(scale_by_amos, static_args=("eta_fn", "shape_fn"))(
+        learning_rate=lambda n: schedule(n + 1), ...)``. A constant learning rate needs no
+        shift.
+
     Args:
         learning_rate: The global learning rate ``xi`` (about 1/sqrt(number of independent
             batches)), or a schedule, called with the 1-based count.
@@ -203,7 +217,9 @@ def scale_by_amos(
             shape = jnp.shape(leaf)
             if shape_fn is not None:
                 shape = check_state_shape(f"parameter {name}", shape, shape_fn(name, shape))
-            vs.append(jnp.zeros(shape, dtype))
+            # (1) of zeros: the zero state with the shape, dtype and sharding that update
+            # gives it (a sharded parameter keeps its sharding on the axes it keeps).
+            vs.append(reduced_mean_square(jnp.zeros_like(leaf, dtype), shape))
             eta = model_scale(leaf) if eta_fn is None else eta_fn(name, jnp.shape(leaf))
             if eta_fn is not None:
                 check_positive("eta", eta)
@@ -287,7 +303,7 @@ def _momentum(momentum: Any) -> GradientTransformationExtraArgs:
 
     def init_fn(params):
         return AmosMomentumState(
-            jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), stat_dtype([p])), params)
+            jax.tree.map(lambda p: jnp.zeros_like(p, stat_dtype([p])), params)  # p's sharding
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -319,7 +335,8 @@ def amos(
     ``clip_value`` None or 0 means no clipping and ``momentum`` None or 0 no EMA, as in the
     reference (a 0 passed explicitly keeps the stage, which then changes nothing, so that
     ``optax.inject_hyperparams`` can drive the value). Under ``inject_hyperparams`` list the
-    callables as static: ``inject_hyperparams(amos, static_args=("eta_fn", "shape_fn"))``.
+    callables as static: ``inject_hyperparams(amos, static_args=("eta_fn", "shape_fn"))``, and
+    shift a learning-rate schedule by one step (see :func:`scale_by_amos`).
 
     Args:
         learning_rate: The global learning rate ``xi``, or a schedule of the 1-based count.

@@ -166,6 +166,9 @@ def su_amos_schedule(
     the parameters' values, so it must see the initial parameters; ``jax.eval_shape(opt.init,
     params)`` still gives the state's shapes and dtypes, but a state restored from a checkpoint
     must bring its ``sigma`` (re-running ``init`` on trained parameters gives different ones).
+    ``optax.tree.map_params`` maps over ``sigma`` (a tree built from the parameters' tree, of
+    0-d leaves): a function that derives shardings from the parameters' must look at the
+    leaf's shape.
     Under ``optax.inject_hyperparams`` list the callable as static:
     ``inject_hyperparams(su_amos_schedule, static_args=("sigma_fn",))``.
 

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax import GradientTransformation, GradientTransformationExtraArgs
+from optax import GradientTransformationExtraArgs
 
 from jax_opt._math import reject_sparse, stat_dtype
 from jax_opt.rmsprop_ode.kernels import (
@@ -45,7 +45,7 @@ def scale_by_rmsprop_ode(
     bias_correction: bool = False,
     *,
     scale: str = "elementwise",
-) -> GradientTransformation:
+) -> GradientTransformationExtraArgs:
     """Rescale updates by RMSprop's second moment: equations (1)-(6), the direction ``d``.
 
     With ``scale="elementwise"`` this equals ``optax.scale_by_rms`` (``centered=False``) or
@@ -63,7 +63,7 @@ def scale_by_rmsprop_ode(
         scale: ``"elementwise"`` or ``"global"``.
 
     Returns:
-        An ``optax.GradientTransformation``.
+        An ``optax.GradientTransformationExtraArgs``; unknown extra arguments are ignored.
     """
     _check_rms(decay, eps, initial_scale, scale)
     hyper = {
@@ -82,8 +82,8 @@ def scale_by_rmsprop_ode(
         mu = optax.tree.zeros_like(params) if centered else None
         return ScaleByRmspropODEState(count=jnp.zeros([], jnp.int32), nu=nu, mu=mu)
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
         reject_sparse(updates, "scale_by_rmsprop_ode")
         count = optax.safe_increment(state.count)
         leaves, treedef = jax.tree.flatten(updates)
@@ -106,7 +106,7 @@ def scale_by_rmsprop_ode(
         new_state = ScaleByRmspropODEState(count=count, nu=nu, mu=mu)
         return treedef.unflatten(directions), new_state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def rmsprop_ode(
