@@ -248,3 +248,68 @@ def digits_split(test_size: float = 0.3, random_state: int = 0):
     x = (x / 16.0).astype(np.float32)
     y = y.astype(np.int64)
     return train_test_split(x, y, test_size=test_size, stratify=y, random_state=random_state)
+
+
+# The ``sampling`` study's problems.
+
+BIASED_QUADRATIC = (
+    "Guided ES's biased quadratic: A (m x n) and b with N(0, 1) entries, loss "
+    "|A x - b|^2 / (2 m), observed gradient = true gradient + |true gradient| u for a fixed "
+    "random unit vector u"
+)
+
+
+def biased_quadratic(m: int, n: int, rng: np.random.Generator):
+    """The perturbed quadratic of the Guided ES paper (Maheswaranathan et al., ICML 2019):
+    ``A`` ``(m, n)`` and ``b`` ``(m,)`` with N(0, 1) entries, and a fixed random unit vector
+    ``bias`` ``(n,)``, all float64. The loss is ``|A x - b|^2 / (2 m)``; the gradient one
+    observes is :func:`biased_gradient` of the true one."""
+    a = rng.standard_normal((m, n))
+    b = rng.standard_normal(m)
+    bias = rng.standard_normal(n)
+    return a, b, bias / np.linalg.norm(bias)
+
+
+def biased_gradient(grad, bias):
+    """``grad + |grad| bias`` on the last axis (any framework): the true gradient plus a fixed
+    direction scaled by the gradient's norm, so the bias never fades relative to the signal."""
+    return grad + ((grad * grad).sum(-1) ** 0.5)[..., None] * bias
+
+
+TWO_BLOBS = (
+    "two Gaussian blobs: x ~ N(c +- mu, I) in d dimensions (c a random offset, |2 mu| the "
+    "separation), labels +-1, a fixed fraction of labels flipped"
+)
+
+
+def two_blobs(
+    n: int, d: int, rng: np.random.Generator, separation: float = 2.5, label_noise: float = 0.1
+):
+    """A linearly separable-but-noisy binary task: the class means are ``c + mu`` and
+    ``c - mu`` with ``c ~ N(0, I_d)`` and ``|2 mu| = separation`` (a random direction), the
+    points ``x ~ N(mean, I_d)``, labels in ``{-1, +1}`` with exactly ``int(n * label_noise)``
+    of them flipped at random. Returns ``x`` ``(n, d)``, ``y`` ``(n,)`` (float32) and the clean
+    labels."""
+    u = rng.standard_normal(d)
+    mu = 0.5 * separation * u / np.linalg.norm(u)
+    centre = rng.standard_normal(d)
+    clean = np.where(rng.random(n) < 0.5, 1.0, -1.0)
+    x = centre + clean[:, None] * mu + rng.standard_normal((n, d))
+    y = clean.copy()
+    flip = rng.permutation(n)[: int(n * label_noise)]
+    y[flip] = -y[flip]
+    return x.astype(np.float32), y.astype(np.float32), clean.astype(np.float32)
+
+
+def with_bias_column(x: np.ndarray) -> np.ndarray:
+    """``x`` with a constant-1 column appended (a linear classifier's bias as a weight)."""
+    return np.hstack([x, np.ones((x.shape[0], 1), x.dtype)])
+
+
+def zero_one_error(theta, x, y):
+    """The 0-1 error of the linear classifier ``sign(x . theta)`` on labels ``y`` in
+    ``{-1, +1}`` (a score of exactly 0 counts as an error), on the last axis of ``theta``: one
+    ``(d,)`` vector or a batch ``(B, d)`` (any framework). Piecewise constant in ``theta``: its
+    gradient is 0 wherever it exists."""
+    z = (x @ theta[..., None])[..., 0]
+    return ((y * z <= 0) * 1.0).mean(-1)
