@@ -116,6 +116,11 @@ def amos_update(
 # -------------------------------------------------------------------------------------- shells
 
 
+def _is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a ``DTensor`` (an FSDP2 shard), without importing torch.distributed."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "full_tensor")
+
+
 def check_state_shape(name: str, param_shape: tuple[int, ...], shape: Any) -> tuple[int, ...]:
     """A reduced state shape: the parameter's rank with each axis its size or 1, or ``()``."""
     shape = tuple(int(s) for s in shape)
@@ -189,7 +194,9 @@ class Amos(Optimizer):
 
     .. warning::
         State that is not parameter-shaped (``shape`` reducing an axis) is not accepted by
-        FSDP1's optimizer-state utilities.
+        FSDP1's optimizer-state utilities, and with FSDP2 (DTensor parameters) construction
+        raises ``TypeError``; the default, parameter-shaped state is sharded like its
+        parameter. Complex parameters raise ``TypeError`` (optimize their real view).
 
     References:
         Tian & Parikh, "Amos", arXiv:2210.11693, 2022; google-research/jestimator.
@@ -238,6 +245,12 @@ class Amos(Optimizer):
 
     def _init_state(self, p: Tensor, name: str, group: dict) -> None:
         """Resolve ``eta`` and the state shape of one parameter into its state."""
+        if p.is_complex():
+            raise TypeError(
+                f"Amos does not support complex parameters ({name!r}): its reduced second "
+                "moments and model-oriented scale are defined for real tensors; optimize "
+                "torch.view_as_real(p) instead"
+            )
         dtype = stat_dtype([p])
         if group["eta"] is not None:
             eta = group["eta"]
@@ -249,11 +262,23 @@ class Amos(Optimizer):
         shape = tuple(p.shape)
         if self.__dict__.get("_shape_fn") is not None:
             shape = check_state_shape(f"parameter {name!r}", shape, self._shape_fn(name, p))
+        sharded = _is_dtensor(p)
+        if sharded and shape != tuple(p.shape):
+            raise TypeError(
+                f"Amos does not support a reduced state shape {shape} for the DTensor "
+                f"parameter {name!r} (FSDP2): a state tensor with reduced axes cannot be "
+                "sharded like its parameter; use the default (parameter-shaped) state"
+            )
+        if sharded:  # parameter-shaped state, sharded as the parameter is
+            eta = eta.full_tensor() if _is_dtensor(eta) else eta
+            v = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        else:
+            v = torch.zeros(shape, dtype=dtype, device=p.device)
         self.state[p] = {
             "step": torch.zeros((), dtype=torch.float32),
             "eta": torch.as_tensor(eta, dtype=dtype).to(p.device).clone(),
-            "v": torch.zeros(shape, dtype=dtype, device=p.device),
-            "b": torch.zeros(shape, dtype=dtype, device=p.device),
+            "v": v,
+            "b": v.clone(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -116,6 +116,9 @@ class FiniteDifferencePenalty(Optimizer):
         check_positive("delta", delta)
         # Adds mu and delta to the base optimizer's own param group dicts.
         super().__init__(base_optimizer.param_groups, {"mu": mu, "delta": delta})
+        # The base's hyperparameters too: schedulers read optimizer.defaults (OneCycleLR and
+        # CyclicLR look for "momentum" or "betas" there to cycle the shared groups' value).
+        self.defaults = {**base_optimizer.defaults, **self.defaults}
         self.base_optimizer = base_optimizer
         self._share()
 

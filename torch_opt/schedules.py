@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import Optimizer
 
-from torch_opt._math import model_scale, stat_dtype
+from torch_opt._math import as_real, model_scale, stat_dtype
 from twinopt._checks import check_choice, check_nonnegative, check_positive, fail
 from twinopt.schedules import MODES, amos_decay, decay_factor  # the schedule is framework-free
 
@@ -72,6 +72,9 @@ def _unit(u: Tensor) -> Tensor:
     if u.numel() == 0:
         return u.clone()
     one = torch.ones((), dtype=u.dtype, device=u.device)
+    if type(u).__name__ == "DTensor":  # FSDP2: a rank's shard may be empty, where amax fails
+        norm = torch.linalg.vector_norm(u)
+        return u / torch.where(norm > 0, norm, one)
     peak = u.abs().amax()
     v = u / torch.where(peak > 0, peak, one)
     norm = torch.linalg.vector_norm(v)
@@ -283,6 +286,8 @@ class SuAmosSchedule(Optimizer):
                 f"base_optimizer must be a torch.optim.Optimizer, got "
                 f"{type(base_optimizer).__name__}"
             )
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
         self._sigma_fn = sigma if callable(sigma) else None
         self.schedule_state: dict[Tensor, dict[str, Tensor]] = {}
         defaults = {
@@ -295,6 +300,9 @@ class SuAmosSchedule(Optimizer):
         _check_group(defaults)
         # Adds the keys to the base optimizer's own param group dicts (lr: replaced by alpha_0).
         super().__init__(base_optimizer.param_groups, defaults)
+        # The base's hyperparameters too: schedulers read optimizer.defaults (OneCycleLR and
+        # CyclicLR look for "momentum" or "betas" there to cycle the shared groups' value).
+        self.defaults = {**base_optimizer.defaults, **self.defaults}
         self.base_optimizer = base_optimizer
         self._share()
 
@@ -415,6 +423,7 @@ class SuAmosSchedule(Optimizer):
             directions = []
             for (_, p), s in zip(pairs, saved, strict=True):
                 dtype = stat_dtype([p])
+                p, s = as_real([p, s])  # complex: as the real view (torch's convention)
                 directions.append(s.to(dtype) - p.to(dtype))  # u = theta_before - theta_after
         finally:
             for group, lr in zip(self.param_groups, lrs, strict=True):
@@ -424,6 +433,7 @@ class SuAmosSchedule(Optimizer):
         for (group, p), s, u in zip(pairs, saved, directions, strict=True):
             entry = self.schedule_state[p]
             t = int(entry["su_step"])
+            p, s = as_real([p, s])
             update = su_amos_update(
                 u,
                 s,

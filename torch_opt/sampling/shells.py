@@ -122,6 +122,15 @@ _SHARED = (
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def _check_shared(group: dict[str, Any], first: dict[str, Any]) -> None:
+    """The whole-candidate hyperparameters of ``group`` must equal the first group's."""
+    for key in _SHARED:
+        if group[key] != first[key]:
+            raise fail(
+                key, group[key], f"the same in every param group (the first has {first[key]!r})"
+            )
+
+
 def _loss_value(value: Any, name: str) -> float:
     """The loss a closure returned, as a float; a clear ``ValueError`` for anything else."""
     if isinstance(value, Tensor):
@@ -293,20 +302,20 @@ class MGS(Optimizer):
         merged = {**self.defaults, **param_group}
         check_mgs_args(**{key: merged[key] for key in _ARGS})
         if self.param_groups:
-            first = self.param_groups[0]
-            for key in _SHARED:
-                if merged[key] != first[key]:
-                    raise fail(
-                        key,
-                        merged[key],
-                        f"the same in every param group (the first has {first[key]!r})",
-                    )
+            _check_shared(merged, self.param_groups[0])
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         for p in group["params"]:
             if p.is_complex():
                 self.param_groups.pop()
                 raise TypeError("MGS does not support complex parameters")
+            if type(p).__name__ == "DTensor":
+                self.param_groups.pop()
+                raise TypeError(
+                    "MGS does not support DTensor parameters (FSDP2): a candidate perturbs "
+                    "whole tensors with noise drawn per full tensor on every rank; replicate "
+                    "the model (DDP) and use distributed=True to split the evaluations"
+                )
 
     def _check_base(self) -> None:
         if self.__dict__.get("base_optimizer") is None:
@@ -378,13 +387,7 @@ class MGS(Optimizer):
         first = self.param_groups[0]
         for group in self.param_groups:
             check_mgs_args(**{key: group[key] for key in _ARGS})
-            for key in _SHARED:
-                if group[key] != first[key]:
-                    raise fail(
-                        key,
-                        group[key],
-                        f"the same in every param group (the first has {first[key]!r})",
-                    )
+            _check_shared(group, first)
         return {key: first[key] for key in _SHARED}
 
     def _draw(self, generator: torch.Generator) -> tuple[list[bool], list[Tensor]]:
