@@ -190,3 +190,50 @@ def test_sparse_gradients_raise_a_type_error():
         r"'weight'",
     ):
         opt.step()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options"),
+    [
+        (torch.float64, {}),
+        (torch.float64, {"momentum": 0.9, "clip_value": 0.3}),
+        (torch.float32, {"momentum": 0.5}),
+        (torch.bfloat16, {}),
+    ],
+)
+def test_the_run_by_run_path_equals_the_whole_tensor_step(dtype, options, monkeypatch):
+    """Large tensors with element-wise state are stepped in runs of ``_RUN`` entries: the same
+    operations per entry, so the same bits as the whole-tensor step (here with runs of 1000
+    entries over tensors whose sizes are no multiple of it; a transposed view, a reduced state
+    and a 0-d tensor keep the whole-tensor step)."""
+    import torch_opt.amos as amos_module
+
+    def run(run_size):
+        monkeypatch.setattr(amos_module, "_RUN", run_size)
+        gen = torch.Generator().manual_seed(0)
+        big = torch.randn(37, 101, generator=gen).to(dtype).requires_grad_()
+        flat = torch.randn(2501, generator=gen).to(dtype).requires_grad_()
+        view = torch.randn(101, 37, generator=gen).to(dtype).t().requires_grad_()
+        reduced = torch.randn(50, 60, generator=gen).to(dtype).requires_grad_()
+        scalar = torch.randn((), generator=gen).to(dtype).requires_grad_()
+        params = [big, flat, view, reduced, scalar]
+        opt = Amos(
+            params,
+            lr=0.05,
+            shape=lambda name, p: (50, 1) if p is reduced else tuple(p.shape),
+            **options,
+        )
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            opt.step()
+        return [p.detach().clone() for p in params], opt.state_dict()
+
+    got, state = run(1000)
+    want, want_state = run(10**12)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    for key, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, want_state["state"][key][name]), name
