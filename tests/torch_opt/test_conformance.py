@@ -125,6 +125,24 @@ def _amos_decay(params, *, lr=1e-2, foreach=None, maximize=False, **kw):
     return opt
 
 
+# The checks that test an optimizer's own machinery (not applicable to a scheduler).
+OPTIMIZER_CHECKS = (
+    "errors",
+    "complex",
+    "foreach",
+    "maximize",
+    "weight_decay",
+    "zero_grad_noop",
+    "no_grad_noop",
+    "printing",
+    "deepcopy",
+    "nontensor_step",
+    "older_state_dict",
+    "hooks",
+    "bf16_state",
+)
+
+
 SPECS = [
     Spec(
         "RMSpropODE",
@@ -235,24 +253,7 @@ SPECS = [
         flags=frozenset({"maximize", "foreach"}),
         momentum_key="betas",
         na={
-            **dict.fromkeys(
-                (
-                    "errors",
-                    "complex",
-                    "foreach",
-                    "maximize",
-                    "weight_decay",
-                    "zero_grad_noop",
-                    "no_grad_noop",
-                    "printing",
-                    "deepcopy",
-                    "nontensor_step",
-                    "older_state_dict",
-                    "hooks",
-                    "bf16_state",
-                ),
-                NOT_AN_OPTIMIZER,
-            ),
+            **dict.fromkeys(OPTIMIZER_CHECKS, NOT_AN_OPTIMIZER),
             "lr_schedulers": "sets lr absolutely, so it does not compose with other schedulers",
             "param_groups_lr": "sets each group's lr from its own lr argument (one per group)",
         },
@@ -1062,19 +1063,7 @@ def test_table_states_a_reason_for_every_skip():
     for spec in SPECS:
         assert all(isinstance(r, str) and r for r in spec.na.values())
     assert not set().union(*(s.na for s in SPECS)) - {
-        "errors",
-        "complex",
-        "foreach",
-        "maximize",
-        "weight_decay",
-        "zero_grad_noop",
-        "no_grad_noop",
-        "printing",
-        "deepcopy",
-        "nontensor_step",
-        "older_state_dict",
-        "hooks",
-        "bf16_state",
+        *OPTIMIZER_CHECKS,
         "lr_schedulers",
         "param_groups_lr",
         "grad_scaler",
