@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import sparse as jsparse
 
+from twinopt._checks import check_positive
+
 
 def abs_sq(x: jax.Array) -> jax.Array:
     """``|x|^2`` element-wise (``x * x`` for real ``x``; real-valued for complex ``x``)."""
@@ -46,6 +48,16 @@ def reject_sparse(tree: Any, owner: str) -> None:
         if is_sparse(leaf):
             name = jax.tree_util.keystr(path) or "the parameter"
             raise TypeError(f"{owner} does not support sparse gradients ({name} is a sparse array)")
+
+
+def resolve_scale(arg: str, fn: Any, name: tuple[str, ...], param: jax.Array) -> Any:
+    """A per-leaf scale (Amos's ``eta``, Su's ``sigma``): ``fn(name, shape)`` (checked ``> 0``,
+    the error naming ``arg``), or :func:`model_scale` without ``fn``."""
+    if fn is None:
+        return model_scale(param)
+    scale = fn(name, jnp.shape(param))
+    check_positive(arg, scale)
+    return scale
 
 
 def model_scale(param: jax.Array) -> jax.Array:

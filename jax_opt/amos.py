@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import optax
 from optax import GradientTransformationExtraArgs
 
-from jax_opt._math import model_scale, path_names, reject_sparse, stat_dtype
-from twinopt._checks import check_decay, check_nonnegative, check_positive, fail, missing
+from jax_opt._math import path_names, reject_sparse, resolve_scale, stat_dtype
+from twinopt._checks import check_decay, check_nonnegative, fail, missing
 
 __all__ = [
     "AmosMomentumState",
@@ -220,9 +220,7 @@ def scale_by_amos(
             # (1) of zeros: the zero state with the shape, dtype and sharding that update
             # gives it (a sharded parameter keeps its sharding on the axes it keeps).
             vs.append(reduced_mean_square(jnp.zeros_like(leaf, dtype), shape))
-            eta = model_scale(leaf) if eta_fn is None else eta_fn(name, jnp.shape(leaf))
-            if eta_fn is not None:
-                check_positive("eta", eta)
+            eta = resolve_scale("eta", eta_fn, name, leaf)
             etas.append(jnp.asarray(eta, dtype))
         return ScaleByAmosState(
             count=jnp.zeros([], jnp.int32),

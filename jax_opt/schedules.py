@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import optax
 from optax import GradientTransformationExtraArgs
 
-from jax_opt._math import model_scale, path_names, reject_sparse, stat_dtype
+from jax_opt._math import path_names, reject_sparse, resolve_scale, stat_dtype
 from twinopt._checks import check_nonnegative, check_positive, missing
 from twinopt.schedules import MODES, amos_decay  # the schedule is framework-free
 
@@ -191,11 +191,7 @@ def su_amos_schedule(
         leaves, treedef = jax.tree.flatten(params)
         sigmas = []
         for name, leaf in zip(path_names(params), leaves, strict=True):
-            if sigma_fn is None:
-                sigma = model_scale(leaf)
-            else:
-                sigma = sigma_fn(name, jnp.shape(leaf))
-                check_positive("sigma", sigma)
+            sigma = resolve_scale("sigma", sigma_fn, name, leaf)
             sigmas.append(jnp.asarray(sigma, stat_dtype([leaf])))
         return SuAmosScheduleState(count=jnp.zeros([], jnp.int32), sigma=treedef.unflatten(sigmas))
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _foreach_supported_types
+
+from twinopt._checks import check_positive
 
 
 def stat_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
@@ -58,6 +61,18 @@ def default_foreach(params: Sequence[Tensor], differentiable: bool) -> bool:
     picks it only on accelerators; on the CPU our foreach path measured faster than the
     per-tensor kernels (benchmarks/README.md)."""
     return not differentiable and all(type(p) in _foreach_supported_types for p in params)
+
+
+def resolve_scale(arg: str, value: Any, fn: Any, name: str, param: Tensor) -> Any:
+    """A per-parameter scale (Amos's ``eta``, Su's ``sigma``): ``value`` when given, else
+    ``fn(name, param)`` (checked ``> 0``, the error naming ``arg``), else :func:`model_scale`."""
+    if value is not None:
+        return value
+    if fn is not None:
+        scale = fn(name, param)
+        check_positive(arg, scale)
+        return scale
+    return model_scale(param)
 
 
 def model_scale(param: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from torch_opt._math import model_scale, sparse_grad_error, stat_dtype
+from torch_opt._math import resolve_scale, sparse_grad_error, stat_dtype
 from twinopt._checks import check_decay, check_nonnegative, check_positive, fail
 
 __all__ = ["Amos", "amos_update", "reduced_mean_square"]
@@ -274,13 +274,7 @@ class Amos(Optimizer):
                 "torch.view_as_real(p) instead"
             )
         dtype = stat_dtype([p])
-        if group["eta"] is not None:
-            eta = group["eta"]
-        elif self.__dict__.get("_eta_fn") is not None:
-            eta = self._eta_fn(name, p)
-            check_positive("eta", eta)
-        else:
-            eta = model_scale(p)
+        eta = resolve_scale("eta", group["eta"], self.__dict__.get("_eta_fn"), name, p)
         shape = tuple(p.shape)
         if self.__dict__.get("_shape_fn") is not None:
             shape = check_state_shape(f"parameter {name!r}", shape, self._shape_fn(name, p))

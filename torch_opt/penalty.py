@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from torch_opt._math import stat_dtype
+from torch_opt._wrapper import SharesBase
 from twinopt._checks import check_nonnegative, check_positive, missing
 from twinopt.dynamics import igr_coefficient
 
@@ -85,7 +86,7 @@ def finite_difference_gradient(
     return grad + (2 * mu / delta) * (shifted_grad - grad)  # (3)
 
 
-class FiniteDifferencePenalty(Optimizer):
+class FiniteDifferencePenalty(SharesBase):
     """Wrap an optimizer so that it descends the penalized loss (1), by finite differences (3).
 
     ``step(closure)`` evaluates the closure at ``theta`` and at the ascent point
@@ -116,16 +117,7 @@ class FiniteDifferencePenalty(Optimizer):
         check_positive("delta", delta)
         # Adds mu and delta to the base optimizer's own param group dicts.
         super().__init__(base_optimizer.param_groups, {"mu": mu, "delta": delta})
-        # The base's hyperparameters too: schedulers read optimizer.defaults (OneCycleLR and
-        # CyclicLR look for "momentum" or "betas" there to cycle the shared groups' value).
-        self.defaults = {**base_optimizer.defaults, **self.defaults}
-        self.base_optimizer = base_optimizer
-        self._share()
-
-    def _share(self) -> None:
-        """One list of param groups and one state for the wrapper and its base."""
-        self.param_groups = self.base_optimizer.param_groups
-        self.state = self.base_optimizer.state
+        self._adopt(base_optimizer)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         check_nonnegative("mu", param_group.get("mu", self.defaults["mu"]))
@@ -136,17 +128,6 @@ class FiniteDifferencePenalty(Optimizer):
         self.base_optimizer.add_param_group(param_group)
         for key, value in self.defaults.items():
             self.param_groups[-1].setdefault(key, value)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "base_optimizer": self.base_optimizer}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "base_optimizer" in self.__dict__:
-            self.base_optimizer.__setstate__(
-                {"state": self.state, "param_groups": self.param_groups}
-            )
-            self._share()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]

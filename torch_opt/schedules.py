@@ -44,7 +44,8 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import Optimizer
 
-from torch_opt._math import as_real, model_scale, stat_dtype
+from torch_opt._math import as_real, resolve_scale, stat_dtype
+from torch_opt._wrapper import SharesBase
 from twinopt._checks import check_choice, check_nonnegative, check_positive, fail
 from twinopt.schedules import MODES, amos_decay, decay_factor  # the schedule is framework-free
 
@@ -230,7 +231,7 @@ def _check_no_weight_decay(weight_decay: Any) -> None:
         )
 
 
-class SuAmosSchedule(Optimizer):
+class SuAmosSchedule(SharesBase):
     r"""Su's per-tensor rule (6) around the direction of any base optimizer.
 
     ``step()`` lets the base optimizer take its step, reads each tensor's direction
@@ -300,16 +301,7 @@ class SuAmosSchedule(Optimizer):
         _check_group(defaults)
         # Adds the keys to the base optimizer's own param group dicts (lr: replaced by alpha_0).
         super().__init__(base_optimizer.param_groups, defaults)
-        # The base's hyperparameters too: schedulers read optimizer.defaults (OneCycleLR and
-        # CyclicLR look for "momentum" or "betas" there to cycle the shared groups' value).
-        self.defaults = {**base_optimizer.defaults, **self.defaults}
-        self.base_optimizer = base_optimizer
-        self._share()
-
-    def _share(self) -> None:
-        """One list of param groups and one state for the wrapper and its base."""
-        self.param_groups = self.base_optimizer.param_groups
-        self.state = self.base_optimizer.state
+        self._adopt(base_optimizer)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         constructing = "base_optimizer" not in self.__dict__
@@ -335,13 +327,7 @@ class SuAmosSchedule(Optimizer):
     def _init_schedule_state(self, p: Tensor, name: str, group: dict[str, Any]) -> None:
         """Resolve ``sigma`` of one parameter; its step count starts at 0."""
         dtype = stat_dtype([p])
-        if group["sigma"] is not None:
-            sigma = group["sigma"]
-        elif self.__dict__.get("_sigma_fn") is not None:
-            sigma = self._sigma_fn(name, p)
-            check_positive("sigma", sigma)
-        else:
-            sigma = model_scale(p)
+        sigma = resolve_scale("sigma", group["sigma"], self.__dict__.get("_sigma_fn"), name, p)
         self.schedule_state[p] = {
             "su_step": torch.zeros((), dtype=torch.int64),
             "su_sigma": torch.as_tensor(sigma, dtype=dtype, device=p.device).clone(),
@@ -350,18 +336,9 @@ class SuAmosSchedule(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         return {
             **super().__getstate__(),
-            "base_optimizer": self.base_optimizer,
             "schedule_state": self.schedule_state,
             "_sigma_fn": self._sigma_fn,
         }
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "base_optimizer" in self.__dict__:
-            self.base_optimizer.__setstate__(
-                {"state": self.state, "param_groups": self.param_groups}
-            )
-            self._share()
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
