@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from torch_opt._math import resolve_scale, sparse_grad_error, stat_dtype
+from torch_opt._native.amos import native_amos
 from twinopt._checks import check_decay, check_nonnegative, check_positive, fail
 
 __all__ = ["Amos", "amos_update", "reduced_mean_square"]
@@ -354,11 +355,17 @@ class Amos(Optimizer):
             xi = float(group["lr"])
             clip, mu = group["clip_value"], group["momentum"]
             hyper = {k: group[k] for k in ("beta", "extra_l2", "c_coef", "d_coef", "eps")}
+            stepping = []
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise sparse_grad_error("Amos", self.param_groups, group, i)
+                stepping.append(p)
+            rest = native_amos(
+                stepping, [self.state[p] for p in stepping], xi=xi, clip=clip, mu=mu, hyper=hyper
+            )
+            for p in (stepping[i] for i in rest):
                 state = self.state[p]
                 state["step"] += 1
                 if _runs_apply(p, state):

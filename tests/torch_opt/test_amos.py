@@ -205,8 +205,11 @@ def test_the_run_by_run_path_equals_the_whole_tensor_step(dtype, options, monkey
     """Large tensors with element-wise state are stepped in runs of ``_RUN`` entries: the same
     operations per entry, so the same bits as the whole-tensor step (here with runs of 1000
     entries over tensors whose sizes are no multiple of it; a transposed view, a reduced state
-    and a 0-d tensor keep the whole-tensor step)."""
+    and a 0-d tensor keep the whole-tensor step). The torch path: the native kernels off."""
+    import torch_opt._native as native
     import torch_opt.amos as amos_module
+
+    monkeypatch.setattr(native, "_state", {"lib": None})
 
     def run(run_size):
         monkeypatch.setattr(amos_module, "_RUN", run_size)

@@ -18,6 +18,7 @@ from torch.optim.optimizer import (
 )
 
 from torch_opt._math import as_real, default_foreach, sparse_grad_error, stat_dtype
+from torch_opt._native.rmsprop_ode import native_rmsprop_ode
 from torch_opt.rmsprop_ode._foreach import _multi_tensor_rmsprop_ode
 from torch_opt.rmsprop_ode.kernels import (
     SCALES,
@@ -224,31 +225,26 @@ class RMSpropODE(Optimizer):
             self._init_group(group, params, grads, square_avgs, grad_avgs, momentum_bufs, steps)
             if not params:
                 continue
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = default_foreach(params, group["differentiable"])
             global_state = None
             if group["scale"] == "global":
                 global_state = self._global_state(group, params)
+            lists = [params, grads, square_avgs, grad_avgs, momentum_bufs, steps]
+            hyper = {
+                key: group[key]
+                for key in ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+                + ("maximize", "eps_in_sqrt", "bias_correction")
+            }
+            foreach = group["foreach"]
+            if foreach is None and not group["differentiable"]:
+                rest = native_rmsprop_ode(*lists, global_state, **hyper)
+                if not rest:
+                    continue
+                if len(rest) < len(params):
+                    lists = [[x[i] for i in rest] if x else x for x in lists]
+            if foreach is None:
+                foreach = default_foreach(lists[0], group["differentiable"])
             impl = _multi_tensor_rmsprop_ode if foreach else _single_tensor_rmsprop_ode
-            impl(
-                params,
-                grads,
-                square_avgs,
-                grad_avgs,
-                momentum_bufs,
-                steps,
-                global_state,
-                lr=group["lr"],
-                alpha=group["alpha"],
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                momentum=group["momentum"],
-                centered=group["centered"],
-                maximize=group["maximize"],
-                eps_in_sqrt=group["eps_in_sqrt"],
-                bias_correction=group["bias_correction"],
-            )
+            impl(*lists, global_state, **hyper)
         return loss
 
 

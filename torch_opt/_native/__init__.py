@@ -1,0 +1,219 @@
+"""The native CPU kernels of the default step paths: built on first use, called through ctypes.
+
+An optimizer step is memory-bound. torch's ``_foreach_*`` chain on the CPU makes one pass over
+memory per operation (five or more for RMSprop); ``kernels.c`` makes one, reading every operand
+and writing every result once, with torch's per-element operations in torch's order. The
+measurements that chose this over ``torch.compile`` and over the foreach chain are in
+benchmarks/README.md.
+
+The library is compiled once per machine with the system C compiler (``$CC``, else ``cc``) into
+a cache directory (``$TWINOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/twinopt``, else
+``~/.cache/twinopt``), under a name that hashes the source, the flags, the compiler and the
+CPU's feature flags, so later processes load it without compiling. Where it cannot be built
+(no compiler), the optimizers fall back to their ``torch._foreach_*`` path with one warning per
+process. ``TWINOPT_NATIVE=0`` turns the native kernels off (no compiler is ever run).
+
+Only plain, contiguous, dense float32/float64 CPU tensors take these kernels; everything else
+(other dtypes and devices, DTensor, ``differentiable``) keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NativeUnavailableWarning",
+    "build_seconds",
+    "eligible",
+    "library",
+    "numels",
+    "pointers",
+    "threads",
+]
+
+SOURCE = Path(__file__).with_name("kernels.c")
+ABI = 3
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
+OPENMP = ["-fopenmp"]
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+C_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+
+# RMSprop-ODE flags, as in kernels.c.
+F_MAXIMIZE, F_WEIGHT_DECAY, F_CENTERED, F_BIAS, F_EPS_IN_SQRT, F_MOMENTUM = (
+    1 << k for k in range(6)
+)
+
+
+class NativeUnavailableWarning(UserWarning):
+    """The native kernels could not be built; the slower torch path is used instead."""
+
+
+class AmosHyper(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_double)
+        for name in ("beta", "eps", "extra_l2", "clip", "momentum", "lr_sq", "c_sqrt_lr")
+    ]
+
+
+class AmosTensor(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_double) for name in ("bias", "init_lr", "d_sqrt_init_lr")]
+
+
+_lock = threading.Lock()
+_state: dict = {}  # "lib": the CDLL or None; "seconds": build/load time; "reason": why not
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TWINOPT_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "twinopt" if xdg else Path.home() / ".cache" / "twinopt"
+
+
+def _cpu_signature() -> str:
+    """The CPU's feature flags (``-march=native`` depends on them), or the machine name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _compiler_version(cc: str) -> str:
+    out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout
+
+
+def _compile(cc: str, flags: list[str], target: Path) -> None:
+    """Compile into a temporary file beside ``target`` and rename it into place (atomic, so
+    concurrent processes never load a half-written library)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300
+        )
+        if done.returncode != 0:
+            raise OSError(f"{cc} failed: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        raise OSError(f"no C compiler ({cc!r} not found; set CC)")
+    source = SOURCE.read_bytes()
+    version = _compiler_version(cc)
+    last: Exception | None = None
+    for flags in (FLAGS + OPENMP, FLAGS):  # without OpenMP: one thread, still one pass
+        key = hashlib.sha256(
+            b"\0".join(
+                [source, " ".join(flags).encode(), version.encode(), _cpu_signature().encode()]
+            )
+        ).hexdigest()[:20]
+        target = cache_dir() / f"kernels-{key}.so"
+        try:
+            if not target.exists():
+                _compile(cc, flags, target)
+            lib = ctypes.CDLL(str(target))
+            if lib.twinopt_abi() != ABI:
+                raise OSError(f"{target} has ABI {lib.twinopt_abi()}, expected {ABI}")
+            return lib
+        except OSError as err:
+            last = err
+    raise OSError(str(last))
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them on the first call; ``None`` where they are off or
+    cannot be built (then one :class:`NativeUnavailableWarning` per process)."""
+    if "lib" in _state:
+        return _state["lib"]
+    with _lock:
+        if "lib" in _state:
+            return _state["lib"]
+        if os.environ.get("TWINOPT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+            _state.update(lib=None, seconds=0.0, reason="TWINOPT_NATIVE=0")
+            return None
+        import time
+
+        start = time.perf_counter()
+        try:
+            lib = _build()
+        except (OSError, subprocess.SubprocessError) as err:
+            _state.update(lib=None, seconds=time.perf_counter() - start, reason=str(err))
+            warnings.warn(
+                "twinopt: the native CPU kernels could not be built "
+                f"({err}); the optimizers use their slower torch._foreach path. "
+                "Install a C compiler (or set CC), or set TWINOPT_NATIVE=0 to silence this.",
+                NativeUnavailableWarning,
+                stacklevel=3,
+            )
+            return None
+        _state.update(lib=lib, seconds=time.perf_counter() - start, reason=None)
+        return lib
+
+
+def build_seconds() -> float | None:
+    """Seconds the first :func:`library` call took (compiling or loading from the cache), or
+    ``None`` before that call."""
+    return _state.get("seconds")
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def eligible(tensors: list[Tensor | None]) -> bool:
+    """Whether these parallel tensors (one parameter's, ``None`` entries skipped) can take the
+    native kernels: plain (not a subclass such as DTensor), dense, contiguous CPU tensors of
+    one dtype, float32 or float64."""
+    dtype = tensors[0].dtype
+    if dtype not in DTYPES:
+        return False
+    for t in tensors:
+        if t is None:
+            continue
+        if (
+            type(t) not in _PLAIN
+            or t.dtype != dtype
+            or t.device.type != "cpu"
+            or t.layout != torch.strided
+            or not t.is_contiguous()
+        ):
+            return False
+    return True
+
+
+def pointers(tensors: list[Tensor] | None, n: int) -> ctypes.Array:
+    """The data pointers of ``tensors`` as a C array (of ``n`` nulls for ``None``)."""
+    array = ctypes.c_void_p * n
+    if tensors is None:
+        return array()
+    return array(*[t.data_ptr() for t in tensors])
+
+
+def numels(tensors: list[Tensor]) -> ctypes.Array:
+    return (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
+
+
+def threads() -> int:
+    return max(1, torch.get_num_threads())
