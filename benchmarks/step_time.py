@@ -13,7 +13,13 @@ Run alone: ``python -m benchmarks --only step_time``.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -39,10 +45,63 @@ BYTES_PER_PARAM = {"elementwise": 20, "global": 16, "amos_full": 28, "amos_reduc
 AMOS_LR = 0.01  # any value: a step's cost does not depend on it
 
 
+def transformer_shapes(layers: int, width: int, vocab: int) -> list[tuple[int, ...]]:
+    """A decoder-only transformer's parameters: the embedding, and per layer two layer norms,
+    q, k, v, o projections and a 4x MLP with their biases."""
+    shapes: list[tuple[int, ...]] = [(vocab, width)]
+    for _ in range(layers):
+        shapes += [(width,), (width,)] * 2  # layer norms: weight, bias
+        shapes += [(width, width), (width,)] * 4  # attention projections
+        shapes += [(4 * width, width), (4 * width,), (width, 4 * width), (width,)]  # MLP
+    return shapes + [(width,), (width,)]  # final layer norm
+
+
 def parameter_sets(quick: bool) -> dict[str, list[tuple[int, ...]]]:
     if quick:
-        return {"20 x (256x256)": [(256, 256)] * 20, "1 x (1024x1024)": [(1024, 1024)]}
-    return {"200 x (256x256)": [(256, 256)] * 200, "1 x (4096x4096)": [(4096, 4096)]}
+        return {
+            "20 x (256x256)": [(256, 256)] * 20,
+            "1 x (1024x1024)": [(1024, 1024)],
+            "transformer 2 x 256 (35 tensors)": transformer_shapes(2, 256, 2048),
+        }
+    return {
+        "200 x (256x256)": [(256, 256)] * 200,
+        "1 x (4096x4096)": [(4096, 4096)],
+        "transformer 4 x 512 (67 tensors)": transformer_shapes(4, 512, 8192),
+    }
+
+
+class PeakMemory:
+    """The peak extra resident memory of a call, on Linux: large blocks are made to come from
+    (and go back to) mmap (``mallopt(M_MMAP_THRESHOLD, 64 KiB)``, so freed temporaries leave the
+    resident set), the peak is reset (``/proc/self/clear_refs``), and the call's peak is the
+    high-water mark minus the resident set before it. ``None`` where this cannot be done."""
+
+    def __init__(self) -> None:
+        self.ok = False
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            self.ok = bool(libc.mallopt(-3, 1 << 16))  # M_MMAP_THRESHOLD
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except (OSError, AttributeError):
+            self.ok = False
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        raise OSError(key)
+
+    def extra_bytes(self, fn) -> int | None:
+        if not self.ok:
+            return None
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = self._status("VmRSS:")
+        fn()
+        return max(0, self._status("VmHWM:") - before)
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -56,7 +115,7 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return float(np.median(times) * 1e3)
 
 
-def torch_rows(sets, repeats, device):
+def torch_rows(sets, repeats, device, memory):
     import torch
 
     import torch_opt
@@ -93,6 +152,16 @@ def torch_rows(sets, repeats, device):
                 p.grad = torch.randn(p.shape, generator=gen).to(device)
             opt = make(ps)
             ms = median_ms(opt.step, repeats)
+            extra = None
+            if device == "cpu":
+                extra = memory.extra_bytes(opt.step)
+            elif device.startswith("cuda"):
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                opt.step()
+                torch.cuda.synchronize()
+                extra = torch.cuda.max_memory_allocated() - base
             rows.append(
                 {
                     "framework": "torch",
@@ -101,13 +170,14 @@ def torch_rows(sets, repeats, device):
                     "ms": ms,
                     "numel": numel,
                     "copy_gbs": copy_gbs,
+                    "extra_memory_bytes": extra,
                 }
             )
             del ps, opt
     return rows
 
 
-def jax_rows(sets, repeats):
+def jax_rows(sets, repeats, memory):
     import jax
     import optax
 
@@ -174,9 +244,98 @@ def jax_rows(sets, repeats):
                     "ms": ms,
                     "numel": numel,
                     "copy_gbs": copy_gbs,
+                    "extra_memory_bytes": memory.extra_bytes(run),
                 }
             )
             del box, params, grads
+    return rows
+
+
+FIRST_CALL_IMPLS = {
+    "torch": ["RMSpropODE()", "Amos()"],
+    "jax": ["rmsprop_ode", "amos"],
+}
+
+
+def first_call_child(framework: str, impl: str, tensors: int, device: str) -> None:
+    """In a fresh process: time the first step on ``tensors`` 256x256 float32 tensors and
+    print it as JSON (the caches come from the environment)."""
+    start = time.perf_counter()
+    if framework == "torch":
+        import torch
+
+        import torch_opt
+
+        ps = [torch.randn(256, 256, device=device).requires_grad_() for _ in range(tensors)]
+        for p in ps:
+            p.grad = torch.randn(256, 256, device=device)
+        opt = torch_opt.RMSpropODE(ps) if impl == "RMSpropODE()" else torch_opt.Amos(ps, lr=0.01)
+        start = time.perf_counter()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    else:
+        import jax
+        import optax
+
+        import jax_opt
+
+        opt = (
+            jax_opt.rmsprop_ode(1e-2)
+            if impl == "rmsprop_ode"
+            else jax_opt.amos(AMOS_LR, eta_fn=lambda name, shape: 0.5)
+        )
+        params = [jax.numpy.ones((256, 256)) * (1 + i) for i in range(tensors)]
+        grads = [jax.numpy.ones((256, 256)) for _ in range(tensors)]
+        jax.block_until_ready(params)
+
+        def step(params, state, grads):
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        start = time.perf_counter()
+        out = jax.jit(step, donate_argnums=(0, 1))(params, opt.init(params), grads)
+        jax.block_until_ready(out)
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def first_call_rows(jobs: list[str], quick: bool, device: str) -> list[dict]:
+    tensors = 20 if quick else 200
+    rows = []
+    for fw in jobs:
+        for impl in FIRST_CALL_IMPLS[fw][: 1 if quick else None]:
+            with tempfile.TemporaryDirectory() as cache:
+                env = {
+                    **os.environ,
+                    "TWINOPT_CACHE_DIR": cache,
+                    "JAX_COMPILATION_CACHE_DIR": cache,
+                    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+                }
+                code = (
+                    "from benchmarks.step_time import first_call_child; "
+                    f"first_call_child({fw!r}, {impl!r}, {tensors}, {device!r})"
+                )
+                times = []
+                for _ in ("cold", "warm"):
+                    done = subprocess.run(
+                        [sys.executable, "-c", code],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=600,
+                        check=True,
+                    )
+                    times.append(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+            rows.append(
+                {
+                    "framework": fw,
+                    "impl": impl,
+                    "tensors": tensors,
+                    "cold_s": times[0],
+                    "warm_s": times[1],
+                }
+            )
     return rows
 
 
@@ -205,8 +364,12 @@ def run(ctx: Context) -> StudyResult:
     repeats = 5 if ctx.quick else 15
     rows = []
     jobs = frameworks()
+    memory = PeakMemory()
     for fw in progress(jobs, NAME):
-        rows += torch_rows(sets, repeats, ctx.device) if fw == "torch" else jax_rows(sets, repeats)
+        if fw == "torch":
+            rows += torch_rows(sets, repeats, ctx.device, memory)
+        else:
+            rows += jax_rows(sets, repeats, memory)
     for r in rows:
         r["peer"] = PEERS[(r["framework"], family(r["impl"]))]
         peer = next((x for x in rows if x["set"] == r["set"] and x["impl"] == r["peer"]), None)
@@ -214,8 +377,18 @@ def run(ctx: Context) -> StudyResult:
         r["bytes_per_param"] = BYTES_PER_PARAM[form(r["impl"])]
         r["gbs"] = r["bytes_per_param"] * r["numel"] / r["ms"] / 1e6
         r["fraction_of_copy"] = r["gbs"] / r["copy_gbs"]
+        extra = r["extra_memory_bytes"]
+        r["extra_memory_per_param_set"] = None if extra is None else extra / (4 * r["numel"])
     table = markdown_table(
-        ["set", "implementation", "ms / step", "x peer", "GB/s", "of copy bandwidth"],
+        [
+            "set",
+            "implementation",
+            "ms / step",
+            "x peer",
+            "GB/s",
+            "of copy bandwidth",
+            "peak extra memory (x params)",
+        ],
         [
             (
                 r["set"],
@@ -224,8 +397,19 @@ def run(ctx: Context) -> StudyResult:
                 "peer not installed" if r["ratio_vs_peer"] is None else f"{r['ratio_vs_peer']:.2f}",
                 f"{r['gbs']:.1f}",
                 f"{100 * r['fraction_of_copy']:.0f}%",
+                "n/a"
+                if r["extra_memory_per_param_set"] is None
+                else f"{r['extra_memory_per_param_set']:.2f}",
             )
             for r in rows
+        ],
+    )
+    first = first_call_rows(jobs, ctx.quick, ctx.device)
+    first_table = markdown_table(
+        ["framework", "implementation", "tensors", "first call, cold cache (s)", "warm cache (s)"],
+        [
+            (r["framework"], r["impl"], r["tensors"], f"{r['cold_s']:.2f}", f"{r['warm_s']:.2f}")
+            for r in first
         ],
     )
     copy = sorted({(r["framework"], r["set"], round(r["copy_gbs"], 1)) for r in rows})
@@ -239,8 +423,8 @@ def run(ctx: Context) -> StudyResult:
             "dtype": "float32",
             "device": ctx.device,
         },
-        data={"rows": rows},
-        tables=[table],
+        data={"rows": rows, "first_call": first},
+        tables=[table, first_table],
         figures=[plot(ctx, rows)],
         notes=[
             "Copy bandwidth measured in the same run: "
@@ -254,6 +438,14 @@ def run(ctx: Context) -> StudyResult:
             "GB/s counts the bytes a step must move per float32 parameter: "
             + ", ".join(f"{k} {v}" for k, v in BYTES_PER_PARAM.items())
             + " (for pytorch_optimizer.Amos the count of our per-tensor form).",
+            "Peak extra memory: the most resident memory one step added, as a multiple of the "
+            "parameter set's size (CPU: the resident high-water mark with large blocks mapped "
+            "and unmapped per allocation; CUDA: torch.cuda.max_memory_allocated). torch.optim's "
+            "budget is one parameter-sized buffer (1.00).",
+            "First call: a fresh process's first step (torch: the native kernels built into an "
+            "empty cache, or loaded from it; JAX: tracing and compiling the jitted step, with "
+            "an empty or a filled persistent compilation cache), on "
+            f"{first[0]['tensors'] if first else 0} tensors of 256x256.",
         ],
     )
 

@@ -201,6 +201,12 @@ class Amos(Optimizer):
     computed in float32 and rounded once into the parameter; ``load_state_dict`` keeps it
     float32 (torch's would cast it to the parameter's dtype).
 
+    Plain contiguous float32/float64 CPU parameters with element-wise state or state shape
+    ``()`` are stepped by the native kernels (``torch_opt/_native``: one pass over memory, equal
+    to :func:`amos_update` in float64 up to rounding); every other parameter by
+    :func:`amos_update`. Without a C compiler (one warning) or with ``TWINOPT_NATIVE=0`` all
+    take :func:`amos_update`.
+
     Args:
         params: Parameters, named parameters or param groups.
         lr: The global learning rate ``xi``.
