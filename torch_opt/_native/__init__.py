@@ -189,14 +189,13 @@ def eligible(tensors: list[Tensor | None]) -> bool:
     dtype = tensors[0].dtype
     if dtype not in DTYPES:
         return False
+    strided = torch.strided
     for t in tensors:
-        if t is None:
-            continue
-        if (
+        if t is not None and (
             type(t) not in _PLAIN
-            or t.dtype != dtype
-            or t.device.type != "cpu"
-            or t.layout != torch.strided
+            or t.dtype is not dtype
+            or not t.is_cpu
+            or t.layout is not strided
             or not t.is_contiguous()
         ):
             return False
@@ -215,5 +214,13 @@ def numels(tensors: list[Tensor]) -> ctypes.Array:
     return (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
 
 
-def threads() -> int:
-    return max(1, torch.get_num_threads())
+# Entries per thread below which a kernel runs on fewer threads (torch's own grain size): a
+# parallel region costs a wake-up per thread, which is milliseconds when the cores are busy.
+GRAIN = 1 << 15
+
+
+def threads(tensors: list[Tensor]) -> int:
+    """Threads for one kernel call over ``tensors``: torch's intra-op count, fewer for little
+    work."""
+    total = sum(t.numel() for t in tensors)
+    return max(1, min(torch.get_num_threads(), total // GRAIN))

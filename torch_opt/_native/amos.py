@@ -89,7 +89,7 @@ def native_amos(
         )
         suffix = native.DTYPES[dtype]
         if kind == "full":
-            getattr(lib, f"twinopt_amos_full_{suffix}")(*common, ctypes.c_int(native.threads()))
+            getattr(lib, f"twinopt_amos_full_{suffix}")(*common, ctypes.c_int(native.threads(ps)))
         else:
             scratch = native.C_TYPES[dtype] * n
             getattr(lib, f"twinopt_amos_scalar_{suffix}")(
@@ -98,7 +98,7 @@ def native_amos(
                 scratch(),
                 scratch(),
                 scratch(),
-                ctypes.c_int(native.threads()),
+                ctypes.c_int(native.threads(ps)),
             )
         torch.autograd.graph.increment_version(ps)
     return rest

@@ -96,7 +96,7 @@ def native_rmsprop_ode(
                 native.numels(ps),
                 bias,
                 *(ctypes.c_double(x) for x in (alpha, lr, eps, weight_decay, momentum)),
-                ctypes.c_int(native.threads()),
+                ctypes.c_int(native.threads(ps)),
             )
         else:
             _global(
@@ -158,7 +158,7 @@ def _global(
         ctypes.c_double(alpha),
         ctypes.c_double(weight_decay),
         out,
-        ctypes.c_int(native.threads()),
+        ctypes.c_int(native.threads(ps)),
     )
     sq = torch.tensor(out[0], dtype=torch.float64).to(nu.dtype)
     nu.mul_(alpha).add_(sq, alpha=1 - alpha)  # (1)
@@ -177,7 +177,7 @@ def _global(
         ctypes.c_double(lr),
         ctypes.c_double(weight_decay),
         ctypes.c_double(momentum),
-        ctypes.c_int(native.threads()),
+        ctypes.c_int(native.threads(ps)),
     )
 
 
