@@ -1,6 +1,6 @@
 """How big should the CPU runs of ``RMSpropODE``'s foreach path be? A sweep, not a study.
 
-``python -m benchmarks.chunk_sweep`` times one default step on the step_time parameter sets
+``python -m benchmarks.chunk_sweep`` times one foreach step on the step_time parameter sets
 for several values of ``torch_opt.rmsprop_ode._foreach._CPU_CHUNK_BYTES`` (median of 15 after
 warm-up) and prints a table; benchmarks/README.md records a run.
 """
@@ -33,7 +33,7 @@ def main() -> None:
             ps = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
             for p in ps:
                 p.grad = torch.randn(p.shape, generator=gen)
-            opt = torch_opt.RMSpropODE(ps)
+            opt = torch_opt.RMSpropODE(ps, foreach=True)
             times = []
             for size in SIZES.values():
                 impl._CPU_CHUNK_BYTES = size
