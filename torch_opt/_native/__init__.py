@@ -124,7 +124,10 @@ def _build() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     version = _compiler_version(cc)
     last: Exception | None = None
-    for flags in (FLAGS + OPENMP, FLAGS):  # without OpenMP: one thread, still one pass
+    portable = [f for f in FLAGS if f != "-march=native"]
+    # Without OpenMP: one thread, still one pass; without -march=native: for compilers that
+    # do not know it.
+    for flags in (FLAGS + OPENMP, FLAGS, portable):
         key = hashlib.sha256(
             b"\0".join(
                 [source, " ".join(flags).encode(), version.encode(), _cpu_signature().encode()]
