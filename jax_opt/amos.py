@@ -36,6 +36,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -107,17 +108,55 @@ def amos_update(
         ``(update, v, b)``: the update to add to the parameter and the new state.
     """
     dtype = v.dtype
+    raw_grad, raw_param = grad, param
     grad, param = grad.astype(dtype), param.astype(dtype)
     m2 = reduced_mean_square(grad, v.shape)  # (1)
     v = v * beta + m2 * (1 - beta)  # (2)
-    r = (1 - beta ** jnp.asarray(count, dtype)) / jnp.maximum(v, eps)  # (3)
+    tail = functools.partial(
+        _amos_tail,
+        lr=lr,
+        eta=eta,
+        beta=beta,
+        extra_l2=extra_l2,
+        c_coef=c_coef,
+        d_coef=d_coef,
+        eps=eps,
+        count=count,
+    )
+    if v.ndim == 0 or v.shape != grad.shape:  # reduced state: r, c, gamma, d are small
+        update, b = tail(grad, param, v, b, m2)
+        return update, v, b
+    # Full state. XLA does not fuse an expensive op (the divide of (3), the rsqrt of (4)) into
+    # two consumers: written once, r and c become full-size temporaries and the step takes 5
+    # passes over memory with 3 parameter-sized temporaries (as the reference's does). Behind
+    # the optimization barriers (which stop CSE from merging the two copies) the new b and
+    # the update each recompute (3)-(5) from the same inputs, with the same operations, so the
+    # same bits: the step is 3 fused passes (v; b; the update, fused with the caller's
+    # parameter add) and one temporary (XLA's copy of the old b that a donated b overwrites).
+    # The barriers also keep the new v materialized, so the later passes read it instead of
+    # recomputing it from the v that its pass overwrites in place.
+    # (The barriers take the uncast gradient and parameter, so that a cast stays fused.)
+    g1, v1, b1 = jax.lax.optimization_barrier((raw_grad, v, b))
+    g1 = g1.astype(dtype)
+    _, new_b = tail(g1, None, v1, b1, reduced_mean_square(g1, v.shape))
+    g2, p2, v2, b2 = jax.lax.optimization_barrier((raw_grad, raw_param, v, b))
+    g2, p2 = g2.astype(dtype), p2.astype(dtype)
+    update, _ = tail(g2, p2, v2, b2, reduced_mean_square(g2, v.shape))
+    return update, v, new_b
+
+
+def _amos_tail(grad, param, v, b, m2, *, lr, eta, beta, extra_l2, c_coef, d_coef, eps, count):
+    """(3)-(8) of :func:`amos_update` from the updated ``v``: ``(update, b)``; without
+    ``param`` (None) the update is not computed."""
+    r = (1 - beta ** jnp.asarray(count, v.dtype)) / jnp.maximum(v, eps)  # (3)
     c = jax.lax.rsqrt(1 + c_coef * jnp.sqrt(lr) * b)  # (4)
     gamma = c * jnp.square(lr) * r * m2  # (5)
-    init_lr = lr * eta
-    d = jnp.reciprocal(1 + d_coef * jnp.sqrt(init_lr) * b)  # (6)
-    update = d * ((-0.5 * gamma - extra_l2) * param - init_lr * jnp.sqrt(r) * grad)  # (7)
-    b = b + gamma * (1 + b)  # (8)
-    return update, v, b
+    update = None
+    if param is not None:
+        init_lr = lr * eta
+        d = jnp.reciprocal(1 + d_coef * jnp.sqrt(init_lr) * b)  # (6)
+        update = d * ((-0.5 * gamma - extra_l2) * param - init_lr * jnp.sqrt(r) * grad)  # (7)
+    return update, b + gamma * (1 + b)  # (8)
 
 
 # -------------------------------------------------------------------------------------- shells
