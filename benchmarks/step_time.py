@@ -153,7 +153,9 @@ def torch_rows(sets, repeats, device, memory):
             opt = make(ps)
             ms = median_ms(opt.step, repeats)
             extra = None
-            if device == "cpu":
+            if memory is None:
+                pass
+            elif device == "cpu":
                 extra = memory.extra_bytes(opt.step)
             elif device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -244,11 +246,34 @@ def jax_rows(sets, repeats, memory):
                     "ms": ms,
                     "numel": numel,
                     "copy_gbs": copy_gbs,
-                    "extra_memory_bytes": memory.extra_bytes(run),
+                    "extra_memory_bytes": None if memory is None else memory.extra_bytes(run),
                 }
             )
             del box, params, grads
     return rows
+
+
+def memory_child(framework: str, quick: bool, device: str) -> None:
+    """In a fresh process (its allocator set up for :class:`PeakMemory`, which would slow the
+    timed steps of allocating implementations): each row's peak extra memory, as JSON."""
+    memory = PeakMemory()
+    sets = parameter_sets(quick)
+    if framework == "torch":
+        rows = torch_rows(sets, 1, device, memory)
+    else:
+        rows = jax_rows(sets, 1, memory)
+    print(json.dumps({f"{r['set']}|{r['impl']}": r["extra_memory_bytes"] for r in rows}))
+
+
+def memory_pass(framework: str, quick: bool, device: str) -> dict:
+    code = (
+        "from benchmarks.step_time import memory_child; "
+        f"memory_child({framework!r}, {quick!r}, {device!r})"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=1200, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 FIRST_CALL_IMPLS = {
@@ -364,12 +389,15 @@ def run(ctx: Context) -> StudyResult:
     repeats = 5 if ctx.quick else 15
     rows = []
     jobs = frameworks()
-    memory = PeakMemory()
     for fw in progress(jobs, NAME):
         if fw == "torch":
-            rows += torch_rows(sets, repeats, ctx.device, memory)
+            fw_rows = torch_rows(sets, repeats, ctx.device, None)
         else:
-            rows += jax_rows(sets, repeats, memory)
+            fw_rows = jax_rows(sets, repeats, None)
+        extra = memory_pass(fw, ctx.quick, ctx.device)
+        for r in fw_rows:
+            r["extra_memory_bytes"] = extra.get(f"{r['set']}|{r['impl']}")
+        rows += fw_rows
     for r in rows:
         r["peer"] = PEERS[(r["framework"], family(r["impl"]))]
         peer = next((x for x in rows if x["set"] == r["set"] and x["impl"] == r["peer"]), None)
@@ -439,9 +467,11 @@ def run(ctx: Context) -> StudyResult:
             + ", ".join(f"{k} {v}" for k, v in BYTES_PER_PARAM.items())
             + " (for pytorch_optimizer.Amos the count of our per-tensor form).",
             "Peak extra memory: the most resident memory one step added, as a multiple of the "
-            "parameter set's size (CPU: the resident high-water mark with large blocks mapped "
-            "and unmapped per allocation; CUDA: torch.cuda.max_memory_allocated). torch.optim's "
-            "budget is one parameter-sized buffer (1.00).",
+            "parameter set's size, measured in a separate process after the timings (CPU: the "
+            "resident high-water mark with large blocks mapped and unmapped per allocation, "
+            "a setting that would slow allocating steps if the timed process had it; CUDA: "
+            "torch.cuda.max_memory_allocated). torch.optim's budget is one parameter-sized "
+            "buffer (1.00).",
             "First call: a fresh process's first step (torch: the native kernels built into an "
             "empty cache, or loaded from it; JAX: tracing and compiling the jitted step, with "
             "an empty or a filled persistent compilation cache), on "
