@@ -85,7 +85,9 @@ def perturbations(
         normals: Standard normals, ``(K, *shape)``, or ``(K // 2, *shape)`` under
             ``antithetic``.
         mask: ``(K,)``, true (nonzero) for a guided candidate (centred on ``guide``).
-        scale: The noise scale ``s_P``.
+        scale: The noise scale ``s_P``: a number, a 0-d array, or an array of per-entry
+            scales that broadcasts against one candidate (``shape``), e.g. several tensors
+            laid end to end in one flat array, each entry carrying its own tensor's ``s_P``.
         antithetic: Pair the candidates: ``z_{2j} = n_j``, ``z_{2j+1} = -n_j``.
 
     Returns:
@@ -116,9 +118,11 @@ def log_proposal(
     every tensor; the normalising constant, common to every candidate, is dropped.
 
     Args:
-        eps: One ``(K, *shape)`` array per tensor.
+        eps: One ``(K, *shape)`` array per tensor (or several tensors laid end to end in one
+            ``(K, n)`` array).
         guides: Each tensor's ``g_hat_P`` (the guided centre), or ``None`` (centre 0).
-        scales: Each tensor's ``s_P``.
+        scales: Each tensor's ``s_P``: a number, a 0-d array, or an array of per-entry scales
+            broadcasting against ``shape`` (see :func:`perturbations`).
         mix: The guided proportion ``lambda`` in ``[0, 1]``.
         proposal_density: ``"exact"`` (the sampling density) or ``"unit_variance"`` (every
             ``s_P = 1``, the reference code's approximation).

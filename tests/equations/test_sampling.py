@@ -210,3 +210,57 @@ def test_ball_model_mean_direction_is_minus_g(backend, temperature):
         (mean,) = mod.weighted_direction(w, [backend.asarray(pts)])
     mean = backend.to_numpy(mean)
     assert -(mean @ g) / (np.linalg.norm(mean) * np.linalg.norm(g)) > 0.99
+
+
+@pytest.mark.parametrize("density", ["exact", "unit_variance"])
+def test_per_entry_scales_over_tensors_laid_end_to_end(backend, density):
+    """(3), (4): tensors laid end to end in one (K, n) array, each entry carrying its tensor's
+    scale, give the per-tensor perturbations and the same log densities (the form the torch
+    shell uses; a tensor without a guide counts as a zero guide)."""
+    mod = backend.mod
+    rng = np.random.default_rng(11)
+    shapes = [(3, 2), (4,), (2, 2)]
+    k, mix = 4, 0.5
+    mask = np.array(ref.guided(k, mix, False))
+    guides = [rng.standard_normal(s) for s in shapes]
+    guides[1] = None
+    normals = [rng.standard_normal((k, *s)) for s in shapes]
+    scales = [0.3, 1.7, 0.05]
+    flat_guide = np.concatenate([np.zeros(4) if g is None else g.ravel() for g in guides])
+    flat_normals = np.concatenate([z.reshape(k, -1) for z in normals], axis=1)
+    flat_scale = np.repeat(scales, [int(np.prod(s)) for s in shapes])
+    with backend.x64():
+        eps = [
+            mod.perturbations(
+                None if g is None else backend.asarray(g),
+                backend.asarray(z),
+                backend.asarray(mask),
+                scale=s,
+            )
+            for g, z, s in zip(guides, normals, scales, strict=True)
+        ]
+        flat_eps = mod.perturbations(
+            backend.asarray(flat_guide),
+            backend.asarray(flat_normals),
+            backend.asarray(mask),
+            scale=backend.asarray(flat_scale),
+        )
+        log_q = mod.log_proposal(
+            eps,
+            [None if g is None else backend.asarray(g) for g in guides],
+            scales,
+            mix=mix,
+            proposal_density=density,
+        )
+        flat_log_q = mod.log_proposal(
+            [flat_eps],
+            [backend.asarray(flat_guide)],
+            [backend.asarray(flat_scale)],
+            mix=mix,
+            proposal_density=density,
+        )
+    per_tensor = np.concatenate([backend.to_numpy(e).reshape(k, -1) for e in eps], axis=1)
+    np.testing.assert_allclose(backend.to_numpy(flat_eps), per_tensor, rtol=1e-15, atol=0)
+    want = ref.log_proposal([backend.to_numpy(e) for e in eps], guides, scales, mix, density)
+    np.testing.assert_allclose(backend.to_numpy(log_q), want, rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(flat_log_q), want, rtol=1e-12)

@@ -40,12 +40,22 @@ def clip_surrogate(grads: Sequence[Tensor | None], max_grad_norm: Any) -> list:
     if max_grad_norm is None or not present:
         return [None if g is None else -g for g in grads]
     dtype = stat_dtype(present)
-    norm = sum_of_squares(present, like=torch.zeros((), dtype=dtype, device=present[0].device))
-    norm = norm.sqrt()
-    factor = torch.where(norm <= max_grad_norm, torch.ones_like(norm), max_grad_norm / norm)
-    return [
-        None if g is None else (-(factor.to(g.device) * g.to(dtype))).to(g.dtype) for g in grads
-    ]
+    if len(present) == 1:  # e.g. every parameter laid end to end: one reduction
+        norm = torch.linalg.vector_norm(present[0], dtype=dtype)
+    else:
+        like = torch.zeros((), dtype=dtype, device=present[0].device)
+        norm = sum_of_squares(present, like=like).sqrt()
+    factor = torch.where(norm <= max_grad_norm, 1.0, max_grad_norm / norm).neg()  # -min(1, c/|g|)
+    return [None if g is None else _times(g, factor, dtype) for g in grads]
+
+
+def _times(g: Tensor, factor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``factor * g`` computed in ``dtype``, returned in ``g``'s dtype (no-op casts skipped)."""
+    if factor.device != g.device:
+        factor = factor.to(g.device)
+    if g.dtype == dtype:
+        return g * factor
+    return (g.to(dtype) * factor).to(g.dtype)
 
 
 def noise_scale(guide: Tensor | None, *, noise: Any, noise_scale: str) -> Any:
@@ -70,6 +80,39 @@ def noise_scale(guide: Tensor | None, *, noise: Any, noise_scale: str) -> Any:
 _noise_scale = noise_scale  # the kernel, where an argument of the same name shadows it
 
 
+def _noise_scales(
+    guides: Sequence[Tensor | None], noises: Sequence[float], modes: Sequence[str], device: Any
+) -> Tensor:
+    """(2) for several tensors at once, a few ops whatever their number: ``(P,)`` float64 on
+    ``device``, entry ``i`` the value of ``noise_scale(guides[i], noise=noises[i],
+    noise_scale=modes[i])`` (converted exactly; ``mean|g_hat_P|`` taken as the L1 norm over
+    ``numel``, which may round differently). The guides that are not ``None`` share one
+    dtype and ``device``."""
+    f64 = torch.float64
+    picked = [
+        i
+        for i, (g, mode) in enumerate(zip(guides, modes, strict=True))
+        if g is not None and mode != "constant"
+    ]
+    if not picked:
+        return torch.tensor([float(v) for v in noises], dtype=f64, device=device)
+    chosen = [guides[i] for i in picked]
+    dtype = stat_dtype(chosen)
+    l1 = torch.stack(torch._foreach_norm(chosen, 1, dtype=dtype))
+    noise, count = torch.tensor(
+        [[float(noises[i]) for i in picked], [g.numel() for g in chosen]],
+        dtype=dtype,
+        device=device,
+    )  # float(noise) rounded to dtype, as `noise * m` rounds it in noise_scale
+    m = l1 / count
+    scaled = torch.where(m > 0, noise * m, noise).to(f64)  # (2)
+    if len(picked) == len(guides):
+        return scaled
+    out = torch.tensor([float(v) for v in noises], dtype=f64, device=device)
+    out[picked] = scaled
+    return out
+
+
 def perturbations(
     guide: Tensor | None,
     normals: Tensor,
@@ -85,7 +128,9 @@ def perturbations(
         normals: Standard normals, ``(K, *shape)``, or ``(K // 2, *shape)`` under
             ``antithetic``.
         mask: ``K`` booleans (a sequence or a tensor; nonzero = guided, centred on ``guide``).
-        scale: The noise scale ``s_P`` (a number or a 0-d tensor).
+        scale: The noise scale ``s_P``: a number, a 0-d tensor, or a tensor of per-entry
+            scales that broadcasts against one candidate (``shape``), e.g. several tensors
+            laid end to end in one flat array, each entry carrying its own tensor's ``s_P``.
         antithetic: Pair the candidates: ``z_{2j} = n_j``, ``z_{2j+1} = -n_j``.
 
     Returns:
@@ -118,11 +163,17 @@ def log_proposal(
 
     The squared norms are accumulated in float64 whatever the dtype of ``eps``: over millions
     of entries a float32 sum would blur the differences between candidates that (5) needs.
+    ``||eps_kP - g_hat_P||^2`` is summed from the differences themselves (never expanded into
+    ``||eps||^2 - 2 <eps, g_hat> + ||g_hat||^2``, which cancels catastrophically for a guided
+    candidate with small noise). All tensors are reduced together, in column blocks of a
+    bounded size (the float64 copies stay small for a large model).
 
     Args:
-        eps: One ``(K, *shape)`` tensor per parameter.
+        eps: One ``(K, *shape)`` tensor per parameter (or several parameters laid end to end
+            in one ``(K, n)`` tensor).
         guides: Each tensor's ``g_hat_P`` (the guided centre), or ``None`` (centre 0).
-        scales: Each tensor's ``s_P`` (numbers or 0-d tensors).
+        scales: Each tensor's ``s_P``: a number, a 0-d tensor, or a tensor of per-entry
+            scales broadcasting against ``shape`` (see :func:`perturbations`).
         mix: The guided proportion ``lambda`` in ``[0, 1]``.
         proposal_density: ``"exact"`` (the sampling density) or ``"unit_variance"`` (every
             ``s_P = 1``, the reference code's approximation).
@@ -132,26 +183,76 @@ def log_proposal(
     """
     k, device = eps[0].shape[0], eps[0].device
     f64 = torch.float64
-    a = torch.zeros(k, dtype=f64, device=device)
-    b = torch.zeros(k, dtype=f64, device=device)
-    for e, g, s in zip(eps, guides, scales, strict=True):
-        x = e.reshape(k, -1).to(device=device, dtype=f64)
-        s2 = (
-            1.0
-            if proposal_density == "unit_variance"
-            else torch.as_tensor(s, dtype=f64, device=device) ** 2
+    x = [e.reshape(k, e[0].numel()).to(device) for e in eps]
+    x = x[0] if len(x) == 1 else torch.cat(x, dim=1)  # (K, N), promoted to the widest dtype
+    centre = None
+    if any(g is not None for g in guides):
+        centre = _flat_f64(
+            [torch.zeros((), dtype=f64, device=device) if g is None else g for g in guides],
+            [e[0].shape for e in eps],
+            device,
         )
-        a_p = -0.5 * x.square().sum(dim=1) / s2
-        a = a + a_p
-        if g is None:
-            b = b + a_p
-        else:
-            centre = g.reshape(1, -1).to(device=device, dtype=f64)
-            b = b - 0.5 * (x - centre).square().sum(dim=1) / s2
+    weight = None  # -1 / (2 s^2) per entry; -1/2 for "unit_variance"
+    if proposal_density != "unit_variance":
+        s = _flat_f64(
+            [torch.as_tensor(s, dtype=f64, device=device) for s in scales],
+            [e[0].shape for e in eps],
+            device,
+        )
+        weight = s.square().reciprocal_().mul_(-0.5)  # exact: -0.5 is a power of 2
+    a, b = _weighted_square_sums(x, centre, weight)
     mix = float(mix)
     log_zero = math.log1p(-mix) if mix < 1 else -math.inf
     log_guided = math.log(mix) if mix > 0 else -math.inf
     return torch.logaddexp(a + log_zero, b + log_guided)  # (4)
+
+
+# Columns of x per float64 block in _weighted_square_sums: 2^15 entries (256 KiB) a block.
+# Whole (K, n) float64 temporaries of a large model are fresh memory mapped at every step on
+# CPU, and their page faults cost more than the arithmetic (measured: 9x on a (16, 9610)
+# array); blocks this small are served from the heap's free lists and stay in cache.
+_BLOCK = 1 << 15
+
+
+def _flat_f64(parts: Sequence[Tensor], shapes: Sequence[torch.Size], device: Any) -> Tensor:
+    """Per-tensor values (each broadcasting against its ``shape``) laid end to end, float64."""
+    flat = [
+        p.to(device=device, dtype=torch.float64).expand(shape).reshape(-1)
+        for p, shape in zip(parts, shapes, strict=True)
+    ]
+    return flat[0] if len(flat) == 1 else torch.cat(flat)
+
+
+def _weighted_square_sums(
+    x: Tensor, centre: Tensor | None, weight: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``sum_n w_n x_kn^2`` and ``sum_n w_n (x_kn - c_n)^2`` per row ``k`` of ``x`` (``(K, N)``,
+    any real dtype), accumulated in float64, a block of columns at a time (``w = weight``, or
+    ``-1/2`` when ``None``; ``c = centre``, or 0 when ``None``: then the two are the same)."""
+    k, n = x.shape
+    f64 = torch.float64
+    step = max(1, _BLOCK // max(k, 1))
+    whole = n <= step  # one block: no slicing
+
+    def block(v: Tensor | None, j: int) -> Tensor | None:
+        return v if whole or v is None else v[..., j : j + step]
+
+    a = b = None
+    for j in range(0, max(n, 1), step):
+        xj = block(x, j).to(f64)  # a view of x when x is float64: not to be written
+        wj = block(weight, j)
+        if centre is not None:
+            b = _add_row_sums(b, torch.sub(xj, block(centre, j)).square_(), wj)
+        a = _add_row_sums(a, xj.square() if x.dtype == f64 else xj.square_(), wj)
+    return a, a if centre is None else b
+
+
+def _add_row_sums(acc: Tensor | None, sq: Tensor, weight: Tensor | None) -> Tensor:
+    """``acc + sq @ weight`` (``acc`` updated in place, ``sq`` overwritten; ``-1/2`` row sums
+    without weights). Not ``torch.mv``: MKL's result depends on the address of ``sq`` (its
+    alignment), and ranks of a distributed run must agree bitwise."""
+    rows = sq.sum(dim=1).mul_(-0.5) if weight is None else sq.mul_(weight).sum(dim=1)
+    return rows if acc is None else acc.add_(rows)
 
 
 def importance_weights(losses: Any, loss0: Any, log_q: Any, *, temperature: Any) -> Tensor:
@@ -176,16 +277,13 @@ def importance_weights(losses: Any, loss0: Any, log_q: Any, *, temperature: Any)
     d = torch.as_tensor(losses, dtype=f64)
     log_q = torch.as_tensor(log_q, dtype=f64, device=d.device)
     d0 = torch.as_tensor(loss0, dtype=f64, device=d.device)
-    logits = -(d - d0) / temperature - log_q
+    logits = (d0 - d) / temperature - log_q
     logits = torch.where(torch.isfinite(d) & ~torch.isnan(logits), logits, -math.inf)
     top = logits == math.inf
-    finite = torch.isfinite(logits)
-    peak = torch.where(finite, logits, -math.inf).max()
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    e = torch.where(finite, torch.exp(logits - peak), 0.0)
-    total = e.sum()
-    soft = e / torch.where(total > 0, total, torch.ones_like(total))  # (5)
     n_top = top.sum()
+    # The max-subtracted softmax; NaN only where no logit is finite (all -inf: weights 0)
+    # or where some is +inf (then the +inf candidates share the weight).
+    soft = torch.softmax(logits, dim=0).nan_to_num_(nan=0.0)  # (5)
     return torch.where(n_top > 0, top.to(f64) / n_top.clamp_min(1), soft)
 
 

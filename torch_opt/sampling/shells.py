@@ -14,7 +14,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from torch_opt._math import sparse_grad_error
 from torch_opt.sampling.kernels import (
-    _noise_scale,
+    _noise_scales,
     clip_surrogate,
     importance_weights,
     log_proposal,
@@ -42,6 +42,27 @@ class _ModulePopulation:
         self.compute_loss = compute_loss
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        # Every name of each parameter (a tied weight has several), found once here, so that
+        # each call can skip functional_call's search for tied weights (tie_weights=False)
+        # and give every alias the same batched value itself.
+        aliases: dict[int, list[str]] = {id(p): [] for p in self.params}
+        for name, p in module.named_parameters(remove_duplicate=False):
+            aliases[id(p)].append(name)
+        self._aliases = [aliases[id(p)] for p in self.params]
+
+    def _one(self, *tensors: Tensor) -> Tensor:
+        """The task loss of one parameter set (run under ``vmap``); the module's buffers are
+        its own (not swapped)."""
+        values = {
+            name: t for names, t in zip(self._aliases, tensors, strict=True) for name in names
+        }
+
+        def forward(*inputs: Any, **kwargs: Any) -> Any:
+            return torch.func.functional_call(
+                self.module, values, inputs, kwargs, tie_weights=False
+            )
+
+        return self.compute_loss(forward)
 
     def __call__(self, stacked: Sequence[Tensor]) -> Tensor:
         if len(stacked) != len(self.names):
@@ -49,17 +70,7 @@ class _ModulePopulation:
                 f"Invalid population: got {len(stacked)} stacked tensors (must be one per "
                 f"parameter of the module, {len(self.names)})"
             )
-        buffers = dict(self.module.named_buffers())
-
-        def one(*tensors: Tensor) -> Tensor:
-            values = {**buffers, **dict(zip(self.names, tensors, strict=True))}
-
-            def forward(*inputs: Any, **kwargs: Any) -> Any:
-                return torch.func.functional_call(self.module, values, inputs, kwargs)
-
-            return self.compute_loss(forward)
-
-        return torch.func.vmap(one)(*stacked)
+        return torch.func.vmap(self._one)(*stacked)
 
 
 def functional_population(
@@ -135,7 +146,7 @@ def _loss_value(value: Any, name: str) -> float:
     """The loss a closure returned, as a float; a clear ``ValueError`` for anything else."""
     if isinstance(value, Tensor):
         if value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
-            return float(value.detach().reshape(()).to(torch.float64))
+            return float(value.item())  # as .to(float64) would give it, in one call
         what = f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
@@ -145,6 +156,81 @@ def _loss_value(value: Any, name: str) -> float:
         f"Invalid {name}: returned {what} (must return the task loss as a number or a "
         "one-element tensor)"
     )
+
+
+class _Block:
+    """Parameters of one device and dtype laid end to end: the step works on one flat
+    ``(K, n)`` array of perturbations per block (a few ops per block, whatever the number of
+    tensors), and hands out per-parameter views of it."""
+
+    def __init__(self, index: list[int], params: list[Tensor]) -> None:
+        self.index = index
+        self.shapes = [params[i].shape for i in index]
+        self.numels = [params[i].numel() for i in index]
+        self.size = sum(self.numels)
+        self.dtype = params[index[0]].dtype
+        self.device = params[index[0]].device
+
+    def flat(self, tensors: list[Tensor]) -> Tensor:
+        """``(..., n)``: one per-parameter tensor of shape ``(..., *shape)`` per member, end to
+        end (no copy for a block of one)."""
+        lead = tensors[0].shape[: tensors[0].dim() - len(self.shapes[0])]
+        parts = [t.reshape(*lead, n) for t, n in zip(tensors, self.numels, strict=True)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """The per-parameter views ``(..., *shape)`` of a ``(..., n)`` tensor."""
+        lead = flat.shape[:-1]
+        parts = flat.split(self.numels, dim=-1) if len(self.numels) > 1 else (flat,)
+        return [v.view(*lead, *shape) for v, shape in zip(parts, self.shapes, strict=True)]
+
+
+def _blocks(params: list[Tensor]) -> list[_Block]:
+    """The parameters grouped by (device, dtype), in order of first appearance."""
+    index: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        index.setdefault((p.device, p.dtype), []).append(i)
+    return [_Block(ix, params) for ix in index.values()]
+
+
+def _flat_surrogate(block: _Block, grads: list[Tensor | None]) -> Tensor | None:
+    """The block's surrogate gradients end to end, ``None`` if it has none; a parameter
+    without one gets zeros (a zero guide: centre 0, and it adds nothing to the norm (1))."""
+    mine = [grads[i] for i in block.index]
+    if all(g is None for g in mine):
+        return None
+    zero = torch.zeros((), dtype=block.dtype, device=block.device)
+    filled = [
+        zero.expand(shape) if g is None else g for g, shape in zip(mine, block.shapes, strict=True)
+    ]
+    return block.flat(filled)
+
+
+def _block_scales(
+    block: _Block, guide: Tensor | None, groups: list[tuple[dict, Tensor]], grads: list
+) -> Tensor:
+    """(2) for a block, float64: a 0-d tensor for a block of one parameter, else one entry
+    per entry of the block (each parameter's ``s_P``, from its group's noise settings)."""
+    parts = [None] * len(block.index) if guide is None else block.split(guide)
+    s = _noise_scales(
+        [None if grads[i] is None else q for i, q in zip(block.index, parts, strict=True)],
+        [groups[i][0]["noise"] for i in block.index],
+        [groups[i][0]["noise_scale"] for i in block.index],
+        block.device,
+    )
+    if len(block.index) == 1:
+        return s[0]
+    repeats = torch.tensor(block.numels, device=block.device)
+    return s.repeat_interleave(repeats, output_size=block.size)
+
+
+def _unflatten(blocks: list[_Block], flat: list[Tensor]) -> list[Tensor]:
+    """Per-parameter views (param-group order) of one ``(..., n)`` tensor per block."""
+    out: list[Tensor] = [None] * sum(len(b.index) for b in blocks)  # type: ignore[list-item]
+    for b, f in zip(blocks, flat, strict=True):
+        for i, view in zip(b.index, b.split(f), strict=True):
+            out[i] = view
+    return out
 
 
 class MGS(Optimizer):
@@ -430,24 +516,24 @@ class MGS(Optimizer):
         """The ``K + 1`` losses (float64, CPU; theta first) and ``d_0`` as ``step`` returns it."""
         k = eps[0].shape[0]
         mine = self._shares(k)
-        values = torch.zeros(k + 1, dtype=torch.float64)
+        values = [0.0] * (k + 1)
         loss = None
         if closure is not None:
             saved = [p.detach().clone() for p in params]
+            rows = [e.unbind(0) for e in eps]  # each candidate's views, made once
             for i in mine:
                 if i == 0:
                     loss = closure()
                     values[0] = _loss_value(loss, "closure")
-                    if not self.distributed and not math.isfinite(values[0].item()):
+                    if not self.distributed and not math.isfinite(values[0]):
                         break  # no candidates to evaluate: step raises
                     continue
                 try:
-                    for p, e in zip(params, eps, strict=True):
-                        p.add_(e[i - 1])
+                    torch._foreach_add_(params, [r[i - 1] for r in rows])
                     values[i] = _loss_value(closure(), "closure")
-                finally:
-                    for p, s in zip(params, saved, strict=True):
-                        p.copy_(s)
+                finally:  # a copy, not a subtraction: theta comes back bitwise
+                    torch._foreach_copy_(params, saved)
+            values = torch.tensor(values, dtype=torch.float64)
         elif mine:
             wanted = getattr(population, "params", None)
             if wanted is not None and (
@@ -459,11 +545,11 @@ class MGS(Optimizer):
                     "be exactly the optimizer's, in param-group order"
                 )
             rows = [i - 1 for i in mine if i > 0]
-            index = torch.tensor(rows, dtype=torch.long)
+            index = None if len(rows) == k else torch.tensor(rows, dtype=torch.long)
             stacked = []
             for p, e in zip(params, eps, strict=True):
                 theta = p.detach().unsqueeze(0)
-                batch = theta + e.index_select(0, index.to(e.device))
+                batch = theta + (e if index is None else e.index_select(0, index.to(e.device)))
                 stacked.append(torch.cat([theta, batch]) if mine[0] == 0 else batch)
             out = population(stacked)
             out = torch.as_tensor(out) if not isinstance(out, Tensor) else out
@@ -472,7 +558,14 @@ class MGS(Optimizer):
                     f"Invalid population: returned {out.numel()} values (must return one loss per "
                     f"parameter set, {len(mine)})"
                 )
-            values[mine] = out.detach().reshape(-1).to("cpu", torch.float64)
+            out = out.detach().reshape(-1)
+            if len(mine) == k + 1:
+                values = out.to("cpu", torch.float64, copy=True)
+            else:
+                values = torch.zeros(k + 1, dtype=torch.float64)
+                values[mine] = out.to("cpu", torch.float64)
+        else:
+            values = torch.zeros(k + 1, dtype=torch.float64)
         if self.distributed:
             device = self._comm_device()
             values = values.to(device)
@@ -515,21 +608,30 @@ class MGS(Optimizer):
             for i, p in enumerate(group["params"]):
                 if p.grad is not None and p.grad.is_sparse:
                     raise sparse_grad_error("MGS", self.param_groups, group, i)
-        grads = [None if p.grad is None else p.grad.detach() for p in params]
-        guides = clip_surrogate(grads, settings["max_grad_norm"])  # (1)
-        scales = [
-            _noise_scale(g, noise=group["noise"], noise_scale=group["noise_scale"])  # (2)
-            for g, (group, _) in zip(guides, groups, strict=True)
-        ]
+        # The math runs on one flat (K, n) array per block of same-device, same-dtype
+        # parameters (a few large ops, whatever the number of tensors); the evaluations see
+        # per-parameter views of it.
+        blocks = _blocks(params)
+        grads = [p.grad for p in params]
+        guides = clip_surrogate(
+            [_flat_surrogate(b, grads) for b in blocks], settings["max_grad_norm"]
+        )  # (1), one per block
+        scales = [_block_scales(b, g, groups, grads) for b, g in zip(blocks, guides, strict=True)]
         generator_state = self._generator.get_state()
         try:
             mask, normals = self._draw(self._generator)
-            eps = [
-                perturbations(g, z, mask, scale=s, antithetic=settings["antithetic"]).to(p.dtype)
-                for g, z, s, p in zip(guides, normals, scales, params, strict=True)
-            ]  # (3)
+            flat_eps = [
+                perturbations(  # (3)
+                    g,
+                    b.flat([normals[i] for i in b.index]),
+                    mask,
+                    scale=s,
+                    antithetic=settings["antithetic"],
+                ).to(b.dtype)
+                for b, g, s in zip(blocks, guides, scales, strict=True)
+            ]
             del normals
-            values, loss = self._evaluate(params, eps, closure, population)
+            values, loss = self._evaluate(params, _unflatten(blocks, flat_eps), closure, population)
             d0 = values[0].item()
             if not math.isfinite(d0):
                 raise fail("loss", d0, "finite at the current parameters")
@@ -537,22 +639,30 @@ class MGS(Optimizer):
             self._generator.set_state(generator_state)
             raise
         log_q = log_proposal(
-            eps,
+            flat_eps,
             guides,
             scales,
             mix=settings["mix"],
             proposal_density=settings["proposal_density"],
         )  # (4)
         w = importance_weights(values[1:], d0, log_q.cpu(), temperature=settings["temperature"])
-        delta = weighted_direction(w, eps)  # (5), (6)
-        del eps
+        delta = _unflatten(blocks, weighted_direction(w, flat_eps))  # (5), (6)
+        del flat_eps
         if self.base_optimizer is None:
-            for (group, p), d in zip(groups, delta, strict=True):
+            start = 0
+            for group in self.param_groups:
                 lr = float(group["lr"])
-                if d.dtype == p.dtype:
-                    p.add_(d, alpha=lr)  # (7)
-                else:  # computed in float32, rounded once into the parameter
-                    p.copy_(p.to(d.dtype).add_(d, alpha=lr))
+                stop = start + len(group["params"])
+                same = [i for i in range(start, stop) if delta[i].dtype == params[i].dtype]
+                if same:
+                    torch._foreach_add_(
+                        [params[i] for i in same], [delta[i] for i in same], alpha=lr
+                    )  # (7)
+                for i in range(start, stop):  # computed in float32, rounded once into p
+                    p, d = params[i], delta[i]
+                    if d.dtype != p.dtype:
+                        p.copy_(p.to(d.dtype).add_(d, alpha=lr))
+                start = stop
         else:
             for p, d in zip(params, delta, strict=True):
                 pseudo = d.neg().to(p.dtype)
