@@ -26,15 +26,18 @@ def sum_of_squares(tensors: Sequence[Tensor], *, like: Tensor) -> Tensor:
     """``sum_i ||t_i||^2`` as a 0-d tensor with the dtype and device of ``like``.
 
     Each tensor's norm is taken in ``like.dtype`` (so bf16 inputs accumulate in float32), one
-    ``_foreach_norm`` per (device, dtype) group; complex tensors count ``|z|^2``.
+    ``_foreach_norm`` per (device, dtype) group; complex tensors count ``|z|^2``. DTensor
+    shards (FSDP2) count as their full tensors: the sum is reduced across ranks.
     """
     total = torch.zeros((), dtype=like.dtype, device=like.device)
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for t in as_real(list(tensors)):
         groups.setdefault((t.device, t.dtype), []).append(t)
     for group in groups.values():
-        norms = torch._foreach_norm(group, 2, dtype=like.dtype)
-        total = total + torch.stack(norms).to(like.device).square().sum()
+        part = torch.stack(torch._foreach_norm(group, 2, dtype=like.dtype)).square().sum()
+        if hasattr(part, "full_tensor"):  # a DTensor: the shards' partial sums, all-reduced
+            part = part.full_tensor()
+        total = total + part.to(like.device)
     return total
 
 

@@ -87,6 +87,10 @@ def _rmsprop(params, **kw):
     return RMSpropODE(params, **{"lr": 1e-2, "momentum": 0.5, "centered": True, **kw})
 
 
+def _rmsprop_global(params, **kw):
+    return _rmsprop(params, **{"scale": "global", **kw})
+
+
 def _amos(params, **kw):
     return Amos(params, **{"lr": 0.05, "momentum": 0.5, **kw})
 
@@ -155,6 +159,23 @@ SPECS = [
             "differentiable",
             "capturable",
             "scale",
+            "eps_in_sqrt",
+            "bias_correction",
+            "initial_scale",
+        ),
+    ),
+    Spec(
+        "RMSpropODE(scale='global')",
+        _rmsprop_global,
+        flags=frozenset({"maximize", "foreach", "weight_decay"}),
+        momentum_key="momentum",
+        exact_under_zero=False,  # the second moment is per param group: ZeRO splits the group
+        # A checkpoint older than scale= holds element-wise state; it cannot load into this one.
+        newer_flags=(
+            "foreach",
+            "maximize",
+            "differentiable",
+            "capturable",
             "eps_in_sqrt",
             "bias_correction",
             "initial_scale",
@@ -931,6 +952,10 @@ def _zero(spec, params):
         return opt
     cls, kw = {
         "RMSpropODE": (RMSpropODE, {"lr": 1e-2, "momentum": 0.5, "centered": True}),
+        "RMSpropODE(scale='global')": (
+            RMSpropODE,
+            {"lr": 1e-2, "momentum": 0.5, "centered": True, "scale": "global"},
+        ),
         "LossTiedODE": (LossTiedODE, {}),
         "Amos": (Amos, {"lr": 0.05, "momentum": 0.5}),
         "Amos(shape=())": (Amos, {"lr": 0.05, "shape": one_value_per_tensor}),

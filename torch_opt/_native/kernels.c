@@ -165,12 +165,12 @@ static inline void share(int64_t n, int64_t *lo, int64_t *hi) {
         out[1] = mu_sq;                                                                      \
     }
 
-/* Pass 2: d = g * inv (6), the momentum buffer, theta -= lr * d (7). */
+/* Pass 2: d = g / denom (6), the momentum buffer, theta -= lr * d (7). */
 #define DEFINE_GLOBAL_APPLY(T, SUFFIX, FMA)                                                   \
     static inline __attribute__((always_inline)) void global_apply_##SUFFIX##_body(          \
         const int flags, int64_t n_tensors, T **p, T **g, T **buf, const int64_t *numel,     \
-        double inv_, double lr_, double wd_, double momentum_) {                             \
-        const T inv = (T)inv_, neg_lr = (T)(-lr_), wd = (T)wd_, momentum = (T)momentum_;      \
+        double denom_, double lr_, double wd_, double momentum_) {                           \
+        const T denom = (T)denom_, neg_lr = (T)(-lr_), wd = (T)wd_, momentum = (T)momentum_;  \
         for (int64_t t = 0; t < n_tensors; t++) {                                            \
             T *restrict pt = p[t];                                                           \
             const T *restrict gt = g[t];                                                     \
@@ -182,7 +182,7 @@ static inline void share(int64_t n, int64_t *lo, int64_t *hi) {
                 T gi = gt[i];                                                                \
                 if (flags & F_MAXIMIZE) gi = -gi;                                            \
                 if (flags & F_WEIGHT_DECAY) gi = FMA(wd, pt[i], gi);                         \
-                T d = gi * inv; /* (6) */                                                    \
+                T d = gi / denom; /* (6) */                                                  \
                 if (flags & F_MOMENTUM) {                                                    \
                     d = buft[i] * momentum + d;                                              \
                     buft[i] = d;                                                             \
@@ -192,13 +192,13 @@ static inline void share(int64_t n, int64_t *lo, int64_t *hi) {
         }                                                                                    \
     }                                                                                        \
     void twinopt_global_apply_##SUFFIX(int flags, int64_t n_tensors, T **p, T **g, T **buf,  \
-                                       const int64_t *numel, double inv, double lr,            \
+                                       const int64_t *numel, double denom, double lr,          \
                                        double wd, double momentum, int n_threads) {           \
         PRAGMA(omp parallel num_threads(n_threads))                                          \
         switch (flags & (F_MAXIMIZE | F_WEIGHT_DECAY | F_MOMENTUM)) {                        \
-            CASES4(0, global_apply_##SUFFIX##_body, n_tensors, p, g, buf, numel, inv, lr, wd,  \
+            CASES4(0, global_apply_##SUFFIX##_body, n_tensors, p, g, buf, numel, denom, lr, wd, \
                    momentum)                                                                 \
-            CASES4(F_MOMENTUM, global_apply_##SUFFIX##_body, n_tensors, p, g, buf, numel, inv, \
+            CASES4(F_MOMENTUM, global_apply_##SUFFIX##_body, n_tensors, p, g, buf, numel, denom, \
                    lr, wd, momentum)                                                         \
         }                                                                                    \
     }
@@ -362,4 +362,4 @@ DEFINE_AMOS_SCALAR(float, f32, sqrtf, FMA_F)
 DEFINE_AMOS_SCALAR(double, f64, sqrt, FMA_D)
 
 /* The ABI version the Python side checks (bump on any signature change). */
-int twinopt_abi(void) { return 3; }
+int twinopt_abi(void) { return 4; }

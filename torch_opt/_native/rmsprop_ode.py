@@ -105,12 +105,12 @@ def _global(lib, suffix, head, ps, mus, bufs, global_state, hyper, scalars) -> N
     v = nu / c
     if hyper["centered"]:
         v = v - torch.tensor(out[1], dtype=torch.float64).to(nu.dtype) / c**2  # (4)
-    inv = float(_denominator(v, eps, hyper["eps_in_sqrt"]).reciprocal())  # (5)
+    denom = float(_denominator(v, eps, hyper["eps_in_sqrt"]))  # (5)
     getattr(lib, f"twinopt_global_apply_{suffix}")(
         *head,
         native.pointers(bufs, n),
         numel,
-        *(ctypes.c_double(x) for x in (inv, lr, wd, momentum)),
+        *(ctypes.c_double(x) for x in (denom, lr, wd, momentum)),
         threads,
     )
 

@@ -178,11 +178,10 @@ def _multi_tensor_global(
     v = nu / c
     if centered:
         v = v - mu_sq / c**2  # (4)
-    inv = _denominator(v, eps, eps_in_sqrt).reciprocal()  # (5)
+    s = _denominator(v, eps, eps_in_sqrt)  # (5)
     for run_ps, run_gs, run_bufs, _ in _chunks([ps, gs, bufs]):
-        d = torch._foreach_mul(
-            _effective_grads(run_ps, run_gs, **wd), inv.to(run_ps[0].device)
-        )  # (6)
+        # (6), divided as the reference kernel divides, so the two paths agree to the bit
+        d = torch._foreach_div(_effective_grads(run_ps, run_gs, **wd), s.to(run_ps[0].device))
         if momentum > 0:
             torch._foreach_mul_(run_bufs, momentum)
             torch._foreach_add_(run_bufs, d)
