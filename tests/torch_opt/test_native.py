@@ -324,3 +324,15 @@ def test_a_second_process_loads_the_cached_library_without_compiling(tmp_path):
         "assert n.library() is not None, n._state"
     )
     subprocess.run([sys.executable, "-c", reuse], env=env, check=True, timeout=300)
+
+
+@needs_native
+def test_an_unwritable_cache_falls_back_to_a_private_temporary_directory(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("TWINOPT_CACHE_DIR", str(blocked / "cache"))
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    got = native._writable_cache()
+    assert got == tmp_path / "tmp" / f"twinopt-{os.getuid()}"
+    assert got.stat().st_mode & 0o777 == 0o700

@@ -83,6 +83,23 @@ def cache_dir() -> Path:
     return Path(xdg) / "twinopt" if xdg else Path.home() / ".cache" / "twinopt"
 
 
+def _writable_cache() -> Path:
+    """:func:`cache_dir`, or, where it cannot be written (a read-only home), a private
+    directory under the system's temporary directory."""
+    candidates = [cache_dir()]
+    if hasattr(os, "getuid"):
+        candidates.append(Path(tempfile.gettempdir()) / f"twinopt-{os.getuid()}")
+    for directory in candidates:
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            mine = not hasattr(os, "getuid") or directory.stat().st_uid == os.getuid()
+            if mine and os.access(directory, os.W_OK):
+                return directory
+        except OSError:
+            continue
+    raise OSError("no writable cache directory for the native kernels (set TWINOPT_CACHE_DIR)")
+
+
 def _cpu_signature() -> str:
     """The CPU's feature flags (``-march=native`` depends on them), or the machine name."""
     try:
@@ -102,7 +119,6 @@ def _compiler_version(cc: str) -> str:
 def _compile(cc: str, flags: list[str], target: Path) -> None:
     """Compile into a temporary file beside ``target`` and rename it into place (atomic, so
     concurrent processes never load a half-written library)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
@@ -123,6 +139,7 @@ def _build() -> ctypes.CDLL:
         raise OSError(f"no C compiler ({cc!r} not found; set CC)")
     source = SOURCE.read_bytes()
     version = _compiler_version(cc)
+    directory = _writable_cache()
     last: Exception | None = None
     portable = [f for f in FLAGS if f != "-march=native"]
     # Without OpenMP: one thread, still one pass; without -march=native: for compilers that
@@ -133,7 +150,7 @@ def _build() -> ctypes.CDLL:
                 [source, " ".join(flags).encode(), version.encode(), _cpu_signature().encode()]
             )
         ).hexdigest()[:20]
-        target = cache_dir() / f"kernels-{key}.so"
+        target = directory / f"kernels-{key}.so"
         try:
             if not target.exists():
                 _compile(cc, flags, target)
