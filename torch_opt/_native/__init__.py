@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("kernels.c")
-ABI = 4
+ABI = 5
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
 OPENMP = ["-fopenmp"]
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}

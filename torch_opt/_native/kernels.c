@@ -221,6 +221,16 @@ typedef struct {
 #define CLIP(T, x, clip)                                                                     \
     ((clip) > (T)0 ? ((x) < -(clip) ? -(clip) : ((x) > (clip) ? (clip) : (x))) : (x))
 
+/* (9), torch's ``m.mul_(mu).add_(u, alpha=1 - mu)``, then theta += u. */
+#define AMOS_APPLY(FMA, has_momentum, u, buft, pt, i, mu, one_minus_mu)                      \
+    do {                                                                                     \
+        if (has_momentum) {                                                                  \
+            (u) = FMA((one_minus_mu), (u), (buft)[i] * (mu)); /* (9) */                      \
+            (buft)[i] = (u);                                                                 \
+        }                                                                                    \
+        (pt)[i] = (pt)[i] + (u);                                                             \
+    } while (0)
+
 /* Full (element-wise) state: one pass reading theta, g, v, b (and m) and writing them. */
 #define DEFINE_AMOS_FULL(T, SUFFIX, SQRT, FMA)                                                \
     static inline __attribute__((always_inline)) void amos_full_##SUFFIX##_body(             \
@@ -252,11 +262,7 @@ typedef struct {
                 T u = d * ((((T)-0.5) * gamma - l2) * pt[i] - init_lr * SQRT(r) * gi); /* (7) */ \
                 vt[i] = vi;                                                                  \
                 bt[i] = bi + gamma * ((T)1 + bi); /* (8) */                                  \
-                if (has_momentum) {                                                          \
-                    u = FMA(one_minus_mu, u, buft[i] * mu); /* (9) */                        \
-                    buft[i] = u;                                                             \
-                }                                                                            \
-                pt[i] = pt[i] + u;                                                           \
+                AMOS_APPLY(FMA, has_momentum, u, buft, pt, i, mu, one_minus_mu);             \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
@@ -273,7 +279,8 @@ typedef struct {
 
 /* One v, b per tensor (state shape ()): the mean square of each clipped gradient (1), the
  * scalar state update (2)-(6), (8), then one pass theta += d (a theta - q g) (7), (9).
- * ``v`` and ``b`` point at each tensor's 0-d state; ``m2_out`` receives (1) per tensor. */
+ * ``v`` and ``b`` point at each tensor's 0-d state; ``sums``, ``coef_p``, ``coef_g`` and ``dt``
+ * are scratch arrays of ``n_tensors`` entries. */
 #define DEFINE_AMOS_SCALAR(T, SUFFIX, SQRT, FMA)                                              \
     static inline __attribute__((always_inline)) void amos_scalar_##SUFFIX##_apply(          \
         const int has_momentum, int64_t n_tensors, T **p, T **g, T **buf,                    \
@@ -291,11 +298,7 @@ typedef struct {
             for (int64_t i = lo; i < hi; i++) {                                                \
                 const T gi = CLIP(T, gt[i], clip);                                           \
                 T u = d * (a * pt[i] - q * gi); /* (7) */                                    \
-                if (has_momentum) {                                                          \
-                    u = FMA(one_minus_mu, u, buft[i] * mu); /* (9) */                        \
-                    buft[i] = u;                                                             \
-                }                                                                            \
-                pt[i] = pt[i] + u;                                                           \
+                AMOS_APPLY(FMA, has_momentum, u, buft, pt, i, mu, one_minus_mu);             \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
@@ -362,4 +365,4 @@ DEFINE_AMOS_SCALAR(float, f32, sqrtf, FMA_F)
 DEFINE_AMOS_SCALAR(double, f64, sqrt, FMA_D)
 
 /* The ABI version the Python side checks (bump on any signature change). */
-int twinopt_abi(void) { return 4; }
+int twinopt_abi(void) { return 5; }
