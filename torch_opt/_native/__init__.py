@@ -8,8 +8,9 @@ benchmarks/README.md.
 
 The library is compiled once per machine with the system C compiler (``$CC``, else ``cc``) into
 a cache directory (``$TWINOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/twinopt``, else
-``~/.cache/twinopt``), under a name that hashes the source, the flags, the compiler and the
-CPU's feature flags, so later processes load it without compiling. Where it cannot be built
+``~/.cache/twinopt``; where that cannot be written, a private directory under the temporary
+directory), under a name that hashes the source, the flags, the compiler and the CPU's feature
+flags, so later processes load it without compiling. Where it cannot be built
 (no compiler), the optimizers fall back to their ``torch._foreach_*`` path with one warning per
 process. ``TWINOPT_NATIVE=0`` turns the native kernels off (no compiler is ever run).
 
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -174,8 +176,6 @@ def library() -> ctypes.CDLL | None:
         if os.environ.get("TWINOPT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
             _state.update(lib=None, seconds=0.0, reason="TWINOPT_NATIVE=0")
             return None
-        import time
-
         start = time.perf_counter()
         try:
             lib = _build()
