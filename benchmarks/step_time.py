@@ -285,7 +285,6 @@ FIRST_CALL_IMPLS = {
 def first_call_child(framework: str, impl: str, tensors: int, device: str) -> None:
     """In a fresh process: time the first step on ``tensors`` 256x256 float32 tensors and
     print it as JSON (the caches come from the environment)."""
-    start = time.perf_counter()
     if framework == "torch":
         import torch
 

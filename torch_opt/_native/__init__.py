@@ -74,7 +74,7 @@ class AmosTensor(ctypes.Structure):
 
 
 _lock = threading.Lock()
-_state: dict = {}  # "lib": the CDLL or None; "seconds": build/load time; "reason": why not
+_state: dict = {}  # "lib": the CDLL or None; "seconds": build/load time
 
 
 def cache_dir() -> Path:
@@ -174,13 +174,13 @@ def library() -> ctypes.CDLL | None:
         if "lib" in _state:
             return _state["lib"]
         if os.environ.get("TWINOPT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-            _state.update(lib=None, seconds=0.0, reason="TWINOPT_NATIVE=0")
+            _state.update(lib=None, seconds=0.0)
             return None
         start = time.perf_counter()
         try:
             lib = _build()
         except (OSError, subprocess.SubprocessError) as err:
-            _state.update(lib=None, seconds=time.perf_counter() - start, reason=str(err))
+            _state.update(lib=None, seconds=time.perf_counter() - start)
             warnings.warn(
                 "twinopt: the native CPU kernels could not be built "
                 f"({err}); the optimizers use their slower torch._foreach path. "
@@ -189,7 +189,7 @@ def library() -> ctypes.CDLL | None:
                 stacklevel=3,
             )
             return None
-        _state.update(lib=lib, seconds=time.perf_counter() - start, reason=None)
+        _state.update(lib=lib, seconds=time.perf_counter() - start)
         return lib
 
 
