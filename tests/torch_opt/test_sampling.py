@@ -8,6 +8,7 @@ import copy
 import io
 import math
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -792,6 +793,45 @@ def test_population_path_equals_closure_path():
     assert sizes[0] == [(5, *p.shape) for p in twin.parameters()]
     for p, q in zip(net.parameters(), twin.parameters(), strict=True):
         assert_close(nn_(q), nn_(p))
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
+)
+def test_compiled_population_equals_the_eager_one_and_the_closure_path():
+    """functional_population(..., compile=True): the same losses as the eager vmap for two
+    batch sizes (the second compiles again), and MGS steps equal to the closure path's."""
+    net, twin = mlp(), mlp()
+    eager = functional_population(twin, mse)
+    compiled = functional_population(twin, mse, compile=True)
+    assert compiled.compiled and not eager.compiled
+    gen = torch.Generator().manual_seed(5)
+    stacked = [
+        p.detach() + 0.3 * torch.randn(6, *p.shape, generator=gen, dtype=F64)
+        for p in twin.parameters()
+    ]
+    with torch.no_grad():
+        for rows in (6, 3):
+            want = eager([s[:rows] for s in stacked])
+            got = compiled([s[:rows] for s in stacked])
+            assert got.shape == (rows,)
+            np.testing.assert_allclose(nn_(got), nn_(want), rtol=1e-12)
+            assert len(set(nn_(got).tolist())) == rows  # the candidates differ
+    opt = MGS(net.parameters(), seed=4, num_samples=4)
+    twin_opt = MGS(twin.parameters(), seed=4, num_samples=4)
+    for _ in range(3):
+        for model in (net, twin):
+            model.zero_grad()
+            mse(model).backward()
+        loss = opt.step(lambda: mse(net))
+        loss_q = twin_opt.step(population=compiled)
+        assert loss_q.item() == pytest.approx(loss.item(), rel=1e-12)
+    for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+        assert_close(nn_(q), nn_(p))
+    start = mlp()  # the steps moved the parameters (the comparison is not vacuous)
+    assert not all(
+        torch.equal(p, s) for p, s in zip(net.parameters(), start.parameters(), strict=True)
+    )
 
 
 def test_population_sees_the_closure_paths_candidates_bitwise():
