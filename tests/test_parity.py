@@ -351,7 +351,7 @@ def test_mgs_steps_agree_with_injected_noise(both, hyper, monkeypatch):
     monkeypatch.setattr(
         torch_b.mod.MGS,
         "_draw",
-        lambda self, gen: (mask, [torch.tensor(z) for z in next(torch_draws)]),
+        lambda self, gen, into=None: (mask, [torch.tensor(z) for z in next(torch_draws)]),
     )
     base = torch.optim.SGD(ps, lr=0.5)
     opt = torch_b.mod.MGS(ps, base, num_samples=k, seed=0, **hyper)

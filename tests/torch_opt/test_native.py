@@ -9,6 +9,7 @@ bookkeeping (version counters, threads, mixed groups).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -244,6 +245,119 @@ def test_mixed_groups_split_between_the_native_and_the_torch_path():
         tol = 1e-2 if a.dtype == torch.bfloat16 else 1e-6
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
         assert a.stride() == b.stride()
+
+
+MGS_SHAPES = [(7, 3), (), (0,), (2, 1025), (33,)]  # one entry, none, and over a chunk (1024)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("exact", [False, True])
+def test_mgs_proposal_is_the_torch_paths_to_the_bit_with_the_same_sums(
+    dtype, antithetic, guided, exact
+):
+    """The native pass over a block: (3) bitwise torch's perturbations (the flat (K, n) path,
+    per-entry scales), the sums of (4) equal torch's up to the order of summation."""
+    from torch_opt._native.sampling import native_propose, takes
+    from torch_opt.sampling.kernels import _proposal_sums, perturbations
+
+    k = 6
+    gen = torch.Generator().manual_seed(11)
+    numels = [math.prod(shape) for shape in MGS_SHAPES]
+    rows = k // 2 if antithetic else k
+    z = [torch.randn(rows, *shape, generator=gen, dtype=dtype) for shape in MGS_SHAPES]
+    # A signed zero in rows that unguided candidates use (row 1: candidate 1, or candidate 2
+    # under antithetic): torch's "+ 0" makes it +0 in a guided block; it stays -0 otherwise.
+    z[0][1, 0] = -0.0
+    guide = 1e-2 * torch.randn(sum(numels), generator=gen, dtype=dtype) if guided else None
+    if guided:
+        guide[:21] = 0.0  # a member without a surrogate: zeros, as _flat_surrogate fills it
+    scales = [0.37, 2.0**-20, 1.5, 1e-3, 3.0]
+    mask = [True, False, False, True, True, False]
+    assert takes(dtype, torch.device("cpu"), guide)
+
+    flat_z = torch.cat([t.reshape(rows, -1) for t in z], dim=1)
+    per_entry = torch.tensor(scales, dtype=torch.float64).repeat_interleave(torch.tensor(numels))
+    want = perturbations(guide, flat_z, mask, scale=per_entry, antithetic=antithetic)
+    density = "exact" if exact else "unit_variance"
+    want_a, want_b = _proposal_sums([want], [guide], [per_entry], density)
+
+    eps = [torch.empty(k, *shape, dtype=dtype) for shape in MGS_SHAPES]
+    guides = None if guide is None else list(guide.split(numels))
+    for target in (eps, None if antithetic else z):  # a fresh buffer, then in place
+        if target is None:
+            continue
+        a, b = native_propose(
+            guides, z, target, numels, scales, mask, antithetic=antithetic, exact=exact
+        )
+        got = torch.cat([t.reshape(k, -1) for t in target], dim=1)
+        bits = torch.int32 if dtype == torch.float32 else torch.int64
+        assert torch.equal(got.view(bits), want.view(bits))
+        torch.testing.assert_close(a, want_a, rtol=1e-14, atol=0)
+        torch.testing.assert_close(b, want_b, rtol=1e-14, atol=0)
+        if not guided:
+            assert torch.equal(a, b)
+        else:
+            assert not torch.equal(a, b)
+
+
+@needs_native
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_mgs_native_steps_equal_the_torch_paths(monkeypatch, antithetic):
+    """Whole MGS steps with the native proposal (float32, float64 blocks) and bf16 beside
+    them on the torch path, against every block on the torch path: the same closure calls
+    (bitwise the same candidates) and the same parameters (up to the summation order of
+    (4))."""
+    import torch_opt.sampling.shells as shells
+    from torch_opt import MGS
+
+    calls = []
+    real = shells.native_propose
+
+    def counted(*args, **kwargs):
+        calls[-1] += 1
+        return real(*args, **kwargs)
+
+    def run(native_on):
+        if native_on:
+            monkeypatch.setattr(shells, "native_propose", counted)
+        else:
+            monkeypatch.setattr(shells, "takes", lambda *args: False)
+        gen = torch.Generator().manual_seed(3)
+        params = [
+            torch.randn(5, 4, generator=gen).requires_grad_(),
+            torch.randn(7, generator=gen, dtype=torch.float64).requires_grad_(),
+            torch.randn(3, 2, generator=gen).bfloat16().requires_grad_(),
+            torch.randn(2049, generator=gen).requires_grad_(),
+        ]
+        opt = MGS(params, num_samples=6, antithetic=antithetic, seed=5, noise=0.5)
+        seen = []
+
+        def closure():
+            seen.append([p.detach().clone() for p in params])
+            return sum(p.float().square().sum() for p in params)
+
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+            calls.append(0)
+            opt.step(closure)
+        monkeypatch.undo()
+        return params, seen
+
+    native_params, native_seen = run(True)
+    native_calls = list(calls)
+    torch_params, torch_seen = run(False)
+    assert len(native_seen) == len(torch_seen) == 3 * 7
+    assert native_calls == [2] * 3  # the float32 and the float64 block, natively, at every step
+    for a, b in zip(native_seen[:7], torch_seen[:7], strict=True):  # the first step: bitwise
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+    for a, b in zip(native_params, torch_params, strict=True):
+        tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[a.dtype]
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 @needs_native

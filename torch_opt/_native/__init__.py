@@ -15,7 +15,8 @@ flags, so later processes load it without compiling. Where it cannot be built
 process. ``TWINOPT_NATIVE=0`` turns the native kernels off (no compiler is ever run).
 
 Only plain, contiguous, dense float32/float64 CPU tensors take these kernels; everything else
-(other dtypes and devices, DTensor, ``differentiable``) keeps the torch path.
+(other dtypes and devices, DTensor, ``differentiable``) keeps the torch path. ``MGS`` uses the
+library for its proposal (3)-(4) the same way (``sampling.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("kernels.c")
-ABI = 5
+ABI = 6
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
 OPENMP = ["-fopenmp"]
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}

@@ -10,7 +10,8 @@
  * about one float32 entry in five. Calling it block by block made the RMSprop step 1.5x slower
  * (benchmarks/README.md), so a float32 step agrees with torch.optim.RMSprop's to about an ulp,
  * not to the bit; the foreach path (foreach=True) keeps the bitwise agreement. The equation
- * tags are those of torch_opt/rmsprop_ode/kernels.py and torch_opt/amos.py.
+ * tags are those of torch_opt/rmsprop_ode/kernels.py, torch_opt/amos.py and (MGS's proposal)
+ * torch_opt/sampling/__init__.py.
  */
 #include <math.h>
 #include <stdint.h>
@@ -350,6 +351,81 @@ typedef struct {
         }                                                                                    \
     }
 
+/* ---------------------------------------------------------------------- MGS proposal (3)-(4) */
+
+/* Row sums in float64 a chunk of entries at a time (vectorized within a chunk, the chunks'
+ * sums added in order): as accurate as torch's blocked row sums, and the same bits whatever
+ * the number of threads (a row is never split). */
+#define MGS_CHUNK 1024
+
+/* Row flags: the block has a guide, this row (candidate) is guided, weighted sums (else
+ * unweighted, then times -1/2). */
+#define M_GUIDE 1
+#define M_GUIDED 2
+#define M_WEIGHTS 4
+
+#define MGS_SEGMENT(F, SUFFIX, ...) mgs_segment_##SUFFIX(F, __VA_ARGS__)
+
+/* (3) ``eps_k = m_k g + s z_k`` for one block of parameters of one dtype, one segment per
+ * parameter (``z`` and ``eps`` as ``(K, numel)`` arrays per parameter; under ``antithetic``
+ * ``z`` has ``K / 2`` rows, row ``r`` of ``eps`` using row ``r / 2``, negated for odd ``r``),
+ * in torch's operations: ``(T)s * z``, then ``+ g`` for a guided candidate or ``+ 0`` for
+ * the others (so ``-0`` becomes ``+0``, as torch.where gives it), or nothing when the block
+ * has no guide. From the same pass the two sums of (4) per candidate, in float64 over every
+ * segment: ``a_k = sum w eps^2`` and ``b_k = sum w (eps - g)^2``, each product rounded as
+ * torch rounds ``sq * w``, with the segment's ``w = -1/(2 s^2)`` (computed by the caller),
+ * or unweighted and then times ``-1/2`` when ``w`` is null (the unit-variance form). ``eps``
+ * may be ``z`` itself (in place) when not antithetic. */
+#define DEFINE_MGS_PROPOSE(T, SUFFIX)                                                        \
+    static inline __attribute__((always_inline)) void mgs_segment_##SUFFIX(                  \
+        const int f, int64_t n, T sign, const T *zr, const T *restrict g, T s_, double w,    \
+        T *er, double *a, double *b) {                                                       \
+        const T s = s_;                                                                      \
+        for (int64_t j0 = 0; j0 < n; j0 += MGS_CHUNK) {                                      \
+            const int64_t j1 = j0 + MGS_CHUNK < n ? j0 + MGS_CHUNK : n;                      \
+            double ca = 0.0, cb = 0.0;                                                       \
+            PRAGMA(omp simd reduction(+ : ca, cb))                                           \
+            for (int64_t j = j0; j < j1; j++) {                                              \
+                const T prod = s * (sign * zr[j]);                                           \
+                const T e = !(f & M_GUIDE) ? prod : (f & M_GUIDED) ? g[j] + prod : (T)0 + prod; \
+                er[j] = e;                                                                   \
+                const double x = (double)e;                                                  \
+                const double d = (f & M_GUIDE) ? x - (double)g[j] : x;                       \
+                ca += (f & M_WEIGHTS) ? (x * x) * w : x * x;                                 \
+                cb += (f & M_WEIGHTS) ? (d * d) * w : d * d;                                 \
+            }                                                                                \
+            *a += ca;                                                                        \
+            *b += cb;                                                                        \
+        }                                                                                    \
+    }                                                                                        \
+    void twinopt_mgs_propose_##SUFFIX(int64_t k, int64_t n_segments, int antithetic,       \
+                                      T **z, T **eps, T **g, const int64_t *numel,         \
+                                      const double *s, const double *w,                    \
+                                      const uint8_t *mask, double *a, double *b,           \
+                                      int n_threads) {                                     \
+        PRAGMA(omp parallel for num_threads(n_threads) schedule(static))                     \
+        for (int64_t r = 0; r < k; r++) {                                                    \
+            const int f = (g != 0 ? M_GUIDE : 0) | (g != 0 && mask[r] ? M_GUIDED : 0) |      \
+                          (w != 0 ? M_WEIGHTS : 0);                                          \
+            /* -z exactly for the second of an antithetic pair; 1 * z is z */                \
+            const T sign = (antithetic && (r & 1)) ? (T)-1 : (T)1;                           \
+            const int64_t row = antithetic ? r / 2 : r;                                      \
+            double sum_a = 0.0, sum_b = 0.0;                                                 \
+            for (int64_t t = 0; t < n_segments; t++) {                                       \
+                const int64_t n = numel[t];                                                  \
+                const T *gt = g != 0 ? g[t] : 0;                                             \
+                const T st = (T)s[t];                                                        \
+                const double wt = w != 0 ? w[t] : 0.0;                                      \
+                switch (f) {                                                                 \
+                    CASES8(0, MGS_SEGMENT, SUFFIX, n, sign, z[t] + row * n, gt, st, wt,      \
+                           eps[t] + r * n, &sum_a, &sum_b)                                   \
+                }                                                                            \
+            }                                                                                \
+            a[r] = (f & M_WEIGHTS) ? sum_a : sum_a * -0.5;                                   \
+            b[r] = (f & M_WEIGHTS) ? sum_b : sum_b * -0.5;                                   \
+        }                                                                                    \
+    }
+
 #define FMA_F(a, b, c) fmaf((a), (b), (c))
 #define FMA_D(a, b, c) fma((a), (b), (c))
 
@@ -363,6 +439,8 @@ DEFINE_AMOS_FULL(float, f32, sqrtf, FMA_F)
 DEFINE_AMOS_FULL(double, f64, sqrt, FMA_D)
 DEFINE_AMOS_SCALAR(float, f32, sqrtf, FMA_F)
 DEFINE_AMOS_SCALAR(double, f64, sqrt, FMA_D)
+DEFINE_MGS_PROPOSE(float, f32)
+DEFINE_MGS_PROPOSE(double, f64)
 
 /* The ABI version the Python side checks (bump on any signature change). */
-int twinopt_abi(void) { return 5; }
+int twinopt_abi(void) { return 6; }

@@ -181,6 +181,16 @@ def log_proposal(
     Returns:
         ``(K,)``, float64, on the device of ``eps[0]``.
     """
+    a, b = _proposal_sums(eps, guides, scales, proposal_density)
+    return _mixture_log_density(a, b, mix)
+
+
+def _proposal_sums(
+    eps: Sequence[Tensor], guides: Sequence[Tensor | None], scales: Sequence[Any], density: str
+) -> tuple[Tensor, Tensor]:
+    """The two sums of (4) (see :func:`log_proposal`): ``a_k = -1/2 sum ||eps_kP||^2 / s_P^2``
+    and ``b_k`` the same of ``eps_kP - g_hat_P`` (every ``s_P = 1`` for ``"unit_variance"``),
+    ``(K,)`` float64."""
     k, device = eps[0].shape[0], eps[0].device
     f64 = torch.float64
     x = [e.reshape(k, e[0].numel()).to(device) for e in eps]
@@ -193,14 +203,20 @@ def log_proposal(
             device,
         )
     weight = None  # -1 / (2 s^2) per entry; -1/2 for "unit_variance"
-    if proposal_density != "unit_variance":
+    if density != "unit_variance":
         s = _flat_f64(
             [torch.as_tensor(s, dtype=f64, device=device) for s in scales],
             [e[0].shape for e in eps],
             device,
         )
         weight = s.square().reciprocal_().mul_(-0.5)  # exact: -0.5 is a power of 2
-    a, b = _weighted_square_sums(x, centre, weight)
+    return _weighted_square_sums(x, centre, weight)
+
+
+def _mixture_log_density(a: Tensor, b: Tensor, mix: Any) -> Tensor:
+    """(4) from its two sums: ``logaddexp(log(1 - mix) + a, log(mix) + b)``, a component of
+    weight 0 dropped exactly (``a``: the zero-centred component's ``-1/2 sum w eps^2``, ``b``
+    the guided one's)."""
     mix = float(mix)
     log_zero = math.log1p(-mix) if mix < 1 else -math.inf
     log_guided = math.log(mix) if mix > 0 else -math.inf

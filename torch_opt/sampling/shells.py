@@ -13,11 +13,13 @@ from torch import Tensor, nn
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from torch_opt._math import sparse_grad_error
+from torch_opt._native.sampling import native_propose, takes
 from torch_opt.sampling.kernels import (
+    _mixture_log_density,
     _noise_scales,
+    _proposal_sums,
     clip_surrogate,
     importance_weights,
-    log_proposal,
     perturbations,
     weighted_direction,
 )
@@ -228,27 +230,64 @@ def _flat_surrogate(block: _Block, grads: list[Tensor | None]) -> Tensor | None:
 def _block_scales(
     block: _Block, guide: Tensor | None, groups: list[tuple[dict, Tensor]], grads: list
 ) -> Tensor:
-    """(2) for a block, float64: a 0-d tensor for a block of one parameter, else one entry
-    per entry of the block (each parameter's ``s_P``, from its group's noise settings)."""
+    """(2) for a block: ``(P,)`` float64, each member's ``s_P`` (from its group's noise
+    settings)."""
     parts = [None] * len(block.index) if guide is None else block.split(guide)
-    s = _noise_scales(
+    return _noise_scales(
         [None if grads[i] is None else q for i, q in zip(block.index, parts, strict=True)],
         [groups[i][0]["noise"] for i in block.index],
         [groups[i][0]["noise_scale"] for i in block.index],
         block.device,
     )
+
+
+def _per_entry(block: _Block, s: Tensor) -> Tensor:
+    """The block's ``(P,)`` scales as torch's kernels take them: 0-d for a block of one
+    parameter, else one entry per entry of the block."""
     if len(block.index) == 1:
         return s[0]
     repeats = torch.tensor(block.numels, device=block.device)
     return s.repeat_interleave(repeats, output_size=block.size)
 
 
-def _unflatten(blocks: list[_Block], flat: list[Tensor]) -> list[Tensor]:
-    """Per-parameter views (param-group order) of one ``(..., n)`` tensor per block."""
+class _Proposal:
+    """One block's perturbations (3): per-member views ``(K, *shape)``; on the torch path the
+    flat ``(K, n)`` array they view and its per-entry scales, on the native path the sums of
+    (4) from the same pass instead."""
+
+    def __init__(self, eps: list[Tensor], flat: Tensor | None, scale, sums) -> None:
+        self.eps, self.flat, self.scale, self.sums = eps, flat, scale, sums
+
+
+class _NativeBuffers:
+    """A native block's memory: each member's perturbations ``(K, *shape)``, contiguous, end
+    to end in one buffer, and where its normals are drawn: the same views (overwritten in
+    place by (3)), or under ``antithetic`` a second buffer of ``K // 2`` rows."""
+
+    def __init__(self, block: _Block, k: int, antithetic: bool) -> None:
+        self.eps = _segments(torch.empty(k * block.size, dtype=block.dtype), k, block)
+        rows = k // 2 if antithetic else k
+        z = self.eps
+        if antithetic:
+            z = _segments(torch.empty(rows * block.size, dtype=block.dtype), rows, block)
+        self.normals = dict(zip(block.index, z, strict=True))
+
+
+def _segments(buffer: Tensor, rows: int, block: _Block) -> list[Tensor]:
+    """Contiguous ``(rows, *shape)`` views of ``buffer``, one per member, end to end."""
+    views, start = [], 0
+    for n, shape in zip(block.numels, block.shapes, strict=True):
+        views.append(buffer[start : start + rows * n].view(rows, *shape))
+        start += rows * n
+    return views
+
+
+def _by_param(blocks: list[_Block], per_block: list[list[Tensor]]) -> list[Tensor]:
+    """One list of per-member tensors per block, in param-group order."""
     out: list[Tensor] = [None] * sum(len(b.index) for b in blocks)  # type: ignore[list-item]
-    for b, f in zip(blocks, flat, strict=True):
-        for i, view in zip(b.index, b.split(f), strict=True):
-            out[i] = view
+    for b, tensors in zip(blocks, per_block, strict=True):
+        for i, t in zip(b.index, tensors, strict=True):
+            out[i] = t
     return out
 
 
@@ -283,6 +322,11 @@ class MGS(Optimizer):
     ``noise_scale`` may differ per group; the hyperparameters that define a whole candidate
     (``num_samples``, ``mix``, ``random_mix``, ``temperature``, ``proposal_density``,
     ``antithetic``, ``max_grad_norm``) must be the same in every group.
+
+    On the CPU, each block of float32 or float64 parameters gets its perturbations (3) and
+    the sums of (4) from one native pass (``torch_opt/_native``, bitwise the torch path's
+    perturbations; the sums agree to the order of summation); other dtypes and devices, and
+    machines without a C compiler, take torch's operations.
 
     Randomness comes from a ``torch.Generator`` owned by the optimizer, on the first
     parameter's device (streams differ between devices), never from the global generator. Per
@@ -495,11 +539,14 @@ class MGS(Optimizer):
             _check_shared(group, first)
         return {key: first[key] for key in _SHARED}
 
-    def _draw(self, generator: torch.Generator) -> tuple[list[bool], list[Tensor]]:
+    def _draw(
+        self, generator: torch.Generator, into: dict[int, Tensor] | None = None
+    ) -> tuple[list[bool], list[Tensor]]:
         """The randomness of one step, from ``generator`` alone: which of the ``K`` candidates
         are guided, and one block of standard normals per parameter (param-group order),
         ``(K, *p.shape)`` or ``(K // 2, *p.shape)`` under ``antithetic``, in the parameter's
-        dtype (drawn in float32 for half dtypes) and on its device."""
+        dtype (drawn in float32 for half dtypes) and on its device; written into
+        ``into[i]`` where given for parameter ``i`` (the same numbers)."""
         settings = self._settings()
         k, antithetic = settings["num_samples"], settings["antithetic"]
         rows = k // 2 if antithetic else k
@@ -511,11 +558,15 @@ class MGS(Optimizer):
         else:
             mask = mixture_mask(k, settings["mix"], antithetic=antithetic)
         normals = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                dtype = torch.float32 if p.dtype in _HALF else p.dtype
-                z = torch.randn((rows, *p.shape), generator=generator, device=device, dtype=dtype)
-                normals.append(z.to(device=p.device, dtype=p.dtype))
+        for p in (p for group in self.param_groups for p in group["params"]):
+            out = None if into is None else into.get(len(normals))
+            if out is not None and out.device == device:  # the same numbers, drawn in place
+                torch.randn((rows, *p.shape), generator=generator, dtype=p.dtype, out=out)
+                normals.append(out)
+                continue
+            dtype = torch.float32 if p.dtype in _HALF else p.dtype
+            z = torch.randn((rows, *p.shape), generator=generator, device=device, dtype=dtype)
+            normals.append(z.to(device=p.device, dtype=p.dtype) if out is None else out.copy_(z))
         return mask, normals
 
     def _shares(self, k: int) -> list[int]:
@@ -567,9 +618,15 @@ class MGS(Optimizer):
             index = None if len(rows) == k else torch.tensor(rows, dtype=torch.long)
             stacked = []
             for p, e in zip(params, eps, strict=True):
-                theta = p.detach().unsqueeze(0)
-                batch = theta + (e if index is None else e.index_select(0, index.to(e.device)))
-                stacked.append(torch.cat([theta, batch]) if mine[0] == 0 else batch)
+                theta = p.detach()
+                e = e if index is None else e.index_select(0, index.to(e.device))
+                if mine[0] != 0:
+                    stacked.append(theta + e)
+                    continue
+                batch = torch.empty((e.shape[0] + 1, *e.shape[1:]), dtype=e.dtype, device=e.device)
+                batch[0].copy_(theta)
+                stacked.append(batch)
+                torch.add(theta, e, out=batch[1:])  # theta first, then the candidates
             out = population(stacked)
             out = torch.as_tensor(out) if not isinstance(out, Tensor) else out
             if out.numel() != len(mine) or out.is_complex():
@@ -627,46 +684,75 @@ class MGS(Optimizer):
             for i, p in enumerate(group["params"]):
                 if p.grad is not None and p.grad.is_sparse:
                     raise sparse_grad_error("MGS", self.param_groups, group, i)
-        # The math runs on one flat (K, n) array per block of same-device, same-dtype
-        # parameters (a few large ops, whatever the number of tensors); the evaluations see
-        # per-parameter views of it.
+        # The math runs per block of same-device, same-dtype parameters: on the CPU in one
+        # native pass per block (the normals drawn straight into its buffers), elsewhere on
+        # one flat (K, n) array per block (a few large ops, whatever the number of tensors);
+        # the evaluations see per-parameter views.
         blocks = _blocks(params)
         grads = [p.grad for p in params]
         guides = clip_surrogate(
             [_flat_surrogate(b, grads) for b in blocks], settings["max_grad_norm"]
         )  # (1), one per block
         scales = [_block_scales(b, g, groups, grads) for b, g in zip(blocks, guides, strict=True)]
+        antithetic, k = settings["antithetic"], settings["num_samples"]
+        density = settings["proposal_density"]
+        native = [takes(b.dtype, b.device, g) for b, g in zip(blocks, guides, strict=True)]
+        buffers = [
+            _NativeBuffers(b, k, antithetic) if on else None
+            for b, on in zip(blocks, native, strict=True)
+        ]
         generator_state = self._generator.get_state()
         try:
-            mask, normals = self._draw(self._generator)
-            flat_eps = [
-                perturbations(  # (3)
-                    g,
-                    b.flat([normals[i] for i in b.index]),
-                    mask,
-                    scale=s,
-                    antithetic=settings["antithetic"],
-                ).to(b.dtype)
-                for b, g, s in zip(blocks, guides, scales, strict=True)
-            ]
-            del normals
-            values, loss = self._evaluate(params, _unflatten(blocks, flat_eps), closure, population)
+            into = {i: z for nb in buffers if nb is not None for i, z in nb.normals.items()}
+            mask, normals = self._draw(self._generator, into)
+            proposals = []
+            for b, g, s, nb in zip(blocks, guides, scales, buffers, strict=True):
+                z = [normals[i] for i in b.index]
+                if nb is not None:  # (3) and the sums of (4)
+                    sums = native_propose(
+                        None if g is None else b.split(g),
+                        z,
+                        nb.eps,
+                        b.numels,
+                        s.tolist(),
+                        mask,
+                        antithetic=antithetic,
+                        exact=density != "unit_variance",
+                    )
+                    proposals.append(_Proposal(nb.eps, None, None, sums))
+                else:
+                    scale = _per_entry(b, s)
+                    flat = perturbations(g, b.flat(z), mask, scale=scale, antithetic=antithetic)
+                    flat = flat.to(b.dtype)  # (3)
+                    proposals.append(_Proposal(b.split(flat), flat, scale, None))
+            del normals, z, into, buffers
+            values, loss = self._evaluate(
+                params, _by_param(blocks, [pr.eps for pr in proposals]), closure, population
+            )
             d0 = values[0].item()
             if not math.isfinite(d0):
                 raise fail("loss", d0, "finite at the current parameters")
         except BaseException:
             self._generator.set_state(generator_state)
             raise
-        log_q = log_proposal(
-            flat_eps,
-            guides,
-            scales,
-            mix=settings["mix"],
-            proposal_density=settings["proposal_density"],
-        )  # (4)
-        w = importance_weights(values[1:], d0, log_q.cpu(), temperature=settings["temperature"])
-        delta = _unflatten(blocks, weighted_direction(w, flat_eps))  # (5), (6)
-        del flat_eps
+        sums = [
+            pr.sums or _proposal_sums([pr.flat], [g], [pr.scale], density)
+            for pr, g in zip(proposals, guides, strict=True)
+        ]
+        a = torch.stack([x[0].cpu() for x in sums]).sum(0)
+        b = torch.stack([x[1].cpu() for x in sums]).sum(0)
+        log_q = _mixture_log_density(a, b, settings["mix"])  # (4)
+        w = importance_weights(values[1:], d0, log_q, temperature=settings["temperature"])
+        delta = _by_param(
+            blocks,
+            [
+                weighted_direction(w, pr.eps)
+                if pr.flat is None
+                else blk.split(weighted_direction(w, [pr.flat])[0])
+                for blk, pr in zip(blocks, proposals, strict=True)
+            ],
+        )  # (5), (6)
+        del proposals
         if self.base_optimizer is None:
             start = 0
             for group in self.param_groups:

@@ -1,0 +1,81 @@
+"""``MGS``'s CPU proposal: the perturbations (3) of a block of parameters and the two sums of
+the log density (4) in one native pass (``kernels.c``), instead of a few dozen small torch
+operations and a flat copy of the block. The perturbations are bitwise those of
+:func:`torch_opt.sampling.perturbations`; the sums equal those of
+:func:`torch_opt.sampling.log_proposal` up to the order of summation
+(tests/torch_opt/test_native.py)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from torch_opt import _native as native
+
+
+def takes(dtype: torch.dtype, device: torch.device, guide: Tensor | None) -> bool:
+    """Whether :func:`native_propose` can take a block of this dtype and device (and guide,
+    laid end to end)."""
+    if dtype not in native.DTYPES or device.type != "cpu":
+        return False
+    if (guide is not None and not native.eligible([guide])) or native.library() is None:
+        return False
+    return guide is None or guide.dtype == dtype
+
+
+def native_propose(
+    guides: list[Tensor] | None,
+    normals: list[Tensor],
+    eps: list[Tensor],
+    numels: list[int],
+    scales: list[float],
+    mask: list[bool],
+    *,
+    antithetic: bool,
+    exact: bool,
+) -> tuple[Tensor, Tensor]:
+    """(3) into ``eps`` and the sums of (4) for one block (:func:`takes` must hold).
+
+    Args:
+        guides: Each parameter's clipped surrogate ``g_hat_P`` (contiguous; zeros for one
+            without a surrogate), or ``None`` for a block without any.
+        normals: Each parameter's standard normals, contiguous, ``(K, *shape)`` or
+            ``(K // 2, *shape)`` under ``antithetic``.
+        eps: Each parameter's output, contiguous ``(K, *shape)``; may be ``normals`` itself
+            when not ``antithetic``.
+        numels: Each parameter's number of entries.
+        scales: Each parameter's ``s_P``.
+        mask: ``K`` booleans, guided candidates.
+        antithetic: Pair the candidates (``+z``, ``-z``).
+        exact: The sampling density's weights ``-1/(2 s_P^2)``; else the unit-variance form.
+
+    Returns:
+        ``a``, ``b`` (``(K,)`` float64): ``sum w eps^2`` and ``sum w (eps - g_hat)^2`` over
+        the block.
+    """
+    lib = native.library()
+    k, count = len(mask), len(eps)
+    sums = torch.empty((2, k), dtype=torch.float64)
+    # -1/(2 s^2) in float64, as log_proposal computes it: (1 / s^2) * -0.5.
+    weights = (ctypes.c_double * count)(*[(1.0 / (s * s)) * -0.5 for s in scales])
+    getattr(lib, f"twinopt_mgs_propose_{native.DTYPES[eps[0].dtype]}")(
+        ctypes.c_int64(k),
+        ctypes.c_int64(count),
+        ctypes.c_int(int(antithetic)),
+        native.pointers(normals, count),
+        native.pointers(eps, count),
+        None if guides is None else native.pointers(guides, count),
+        (ctypes.c_int64 * count)(*numels),
+        (ctypes.c_double * count)(*scales),
+        weights if exact else None,
+        (ctypes.c_uint8 * k)(*(1 if m else 0 for m in mask)),
+        ctypes.c_void_p(sums[0].data_ptr()),
+        ctypes.c_void_p(sums[1].data_ptr()),
+        ctypes.c_int(min(k, native.threads(eps))),
+    )
+    return sums[0], sums[1]
+
+
+__all__ = ["native_propose", "takes"]
