@@ -304,6 +304,40 @@ def test_mgs_proposal_is_the_torch_paths_to_the_bit_with_the_same_sums(
 
 
 @needs_native
+def test_mgs_proposal_does_not_depend_on_the_thread_count():
+    """Rows (candidates) are dealt to threads whole, so the sums of (4) are the same bits on
+    one thread and on several (ranks of a distributed run must agree bitwise)."""
+    from torch_opt._native.sampling import native_propose
+
+    gen = torch.Generator().manual_seed(4)
+    k, numels = 8, [3 * (1 << 15), 999]  # enough entries for two threads
+    z = [torch.randn(k, n, generator=gen) for n in numels]
+    guides = [torch.randn(n, generator=gen) for n in numels]
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            eps = [torch.empty_like(t) for t in z]
+            a, b = native_propose(
+                guides,
+                z,
+                eps,
+                numels,
+                [0.5, 2.0],
+                [True] * 4 + [False] * 4,
+                antithetic=False,
+                exact=True,
+            )
+            results.append((eps, a, b))
+    finally:
+        torch.set_num_threads(before)
+    (eps1, a1, b1), (eps2, a2, b2) = results
+    assert torch.equal(a1, a2) and torch.equal(b1, b2)
+    assert all(torch.equal(x, y) for x, y in zip(eps1, eps2, strict=True))
+
+
+@needs_native
 @pytest.mark.parametrize("antithetic", [False, True])
 def test_mgs_native_steps_equal_the_torch_paths(monkeypatch, antithetic):
     """Whole MGS steps with the native proposal (float32, float64 blocks) and bf16 beside

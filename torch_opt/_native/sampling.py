@@ -57,7 +57,7 @@ def native_propose(
     """
     lib = native.library()
     k, count = len(mask), len(eps)
-    sums = torch.empty((2, k), dtype=torch.float64)
+    sums = torch.empty((2, k), dtype=torch.float64, device="cpu")
     # -1/(2 s^2) in float64, as log_proposal computes it: (1 / s^2) * -0.5.
     weights = (ctypes.c_double * count)(*[(1.0 / (s * s)) * -0.5 for s in scales])
     getattr(lib, f"twinopt_mgs_propose_{native.DTYPES[eps[0].dtype]}")(

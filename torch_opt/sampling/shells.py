@@ -265,11 +265,12 @@ class _NativeBuffers:
     place by (3)), or under ``antithetic`` a second buffer of ``K // 2`` rows."""
 
     def __init__(self, block: _Block, k: int, antithetic: bool) -> None:
-        self.eps = _segments(torch.empty(k * block.size, dtype=block.dtype), k, block)
+        like = {"dtype": block.dtype, "device": block.device}
+        self.eps = _segments(torch.empty(k * block.size, **like), k, block)
         rows = k // 2 if antithetic else k
         z = self.eps
         if antithetic:
-            z = _segments(torch.empty(rows * block.size, dtype=block.dtype), rows, block)
+            z = _segments(torch.empty(rows * block.size, **like), rows, block)
         self.normals = dict(zip(block.index, z, strict=True))
 
 
