@@ -9,6 +9,7 @@ import io
 import math
 import pathlib
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -832,6 +833,34 @@ def test_compiled_population_equals_the_eager_one_and_the_closure_path():
     assert not all(
         torch.equal(p, s) for p, s in zip(net.parameters(), start.parameters(), strict=True)
     )
+
+
+def test_compiled_population_falls_back_to_eager_with_one_warning(monkeypatch):
+    """When torch.compile's backend fails (as without a C++ compiler), the evaluation runs
+    eagerly, with one warning that says why, and gives the eager losses."""
+    calls = []
+
+    def failing_compile(fn, *args, **kwargs):
+        def compiled(*stacked):
+            calls.append(1)
+            inner = RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+            raise torch._dynamo.exc.BackendCompilerFailed(fn, inner, None)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    net = mlp()
+    population = functional_population(net, mse, compile=True)
+    stacked = [p.detach() + 0.1 * torch.ones(3, *p.shape, dtype=F64) for p in net.parameters()]
+    with pytest.warns(UserWarning, match="could not compile.*No working C.. compiler") as record:
+        got = population(stacked)
+    assert len(record) == 1 and not population.compiled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = population(stacked)  # no second warning, no second attempt
+    assert calls == [1]
+    want = functional_population(net, mse)(stacked)
+    assert torch.equal(got, want) and torch.equal(again, want)
 
 
 def test_population_sees_the_closure_paths_candidates_bitwise():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -76,6 +77,19 @@ class _ModulePopulation:
                 f"Invalid population: got {len(stacked)} stacked tensors (must be one per "
                 f"parameter of the module, {len(self.names)})"
             )
+        if self.compiled:
+            try:
+                return self._batched(*stacked)
+            except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler
+                inner = getattr(err, "inner_exception", err)
+                reason = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+                warnings.warn(
+                    "functional_population(compile=True): torch.compile could not compile the "
+                    f"evaluation ({reason}); evaluating with eager vmap instead",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self.compiled, self._batched = False, self._vmapped
         return self._batched(*stacked)
 
     def _vmapped(self, *stacked: Tensor) -> Tensor:
@@ -114,7 +128,8 @@ def functional_population(
     the batch size (e.g. the shares of ``distributed=True``) compiles once more with a
     dynamic batch size. For small models on a CPU this removes most of the per-operation
     overhead of ``vmap`` and ``functional_call``; the losses equal the eager ones up to the
-    rounding of the compiled kernels.
+    rounding of the compiled kernels. Where the backend cannot compile (no C++ compiler), the
+    evaluation falls back to the eager ``vmap`` with one warning.
 
     Args:
         module: The model.
