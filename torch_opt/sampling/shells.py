@@ -722,14 +722,14 @@ class MGS(Optimizer):
             into = {i: z for nb in buffers if nb is not None for i, z in nb.normals.items()}
             mask, normals = self._draw(self._generator, into)
             proposals = []
-            for b, g, s, nb in zip(blocks, guides, scales, buffers, strict=True):
-                z = [normals[i] for i in b.index]
+            for blk, g, s, nb in zip(blocks, guides, scales, buffers, strict=True):
+                z = [normals[i] for i in blk.index]
                 if nb is not None:  # (3) and the sums of (4)
                     sums = native_propose(
-                        None if g is None else b.split(g),
+                        None if g is None else blk.split(g),
                         z,
                         nb.eps,
-                        b.numels,
+                        blk.numels,
                         s.tolist(),
                         mask,
                         antithetic=antithetic,
@@ -737,10 +737,10 @@ class MGS(Optimizer):
                     )
                     proposals.append(_Proposal(nb.eps, None, None, sums))
                 else:
-                    scale = _per_entry(b, s)
-                    flat = perturbations(g, b.flat(z), mask, scale=scale, antithetic=antithetic)
-                    flat = flat.to(b.dtype)  # (3)
-                    proposals.append(_Proposal(b.split(flat), flat, scale, None))
+                    scale = _per_entry(blk, s)
+                    flat = perturbations(g, blk.flat(z), mask, scale=scale, antithetic=antithetic)
+                    flat = flat.to(blk.dtype)  # (3)
+                    proposals.append(_Proposal(blk.split(flat), flat, scale, None))
             del normals, z, into, buffers
             values, loss = self._evaluate(
                 params, _by_param(blocks, [pr.eps for pr in proposals]), closure, population
