@@ -522,6 +522,34 @@ def test_step_equals_oracle_with_the_same_noise(name):
     assert not np.array_equal(got[-1][0], start_params()[0])  # it moved
 
 
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")  # the oracle's (2)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_zero_dimensional_and_empty_parameters_step_as_the_oracle():
+    """A 0-d and an empty parameter in one block with others (a block's views of a 0-d
+    member once failed): three steps equal the oracle's with the same noise."""
+    start = [np.array(0.7), np.array([0.5, -1.0, 0.25]), np.zeros((0, 2)), np.array([[2.0]])]
+    ps = [tt(p).requires_grad_() for p in start]
+    opt = MGS(ps, num_samples=5, seed=6)
+    draws = torch.Generator().manual_seed(6)
+    rng = np.random.default_rng(6)
+
+    def loss(qs):
+        return float(sum(np.sum(np.sin(3 * q) + q**2) for q in qs))
+
+    params = [p.copy() for p in start]
+    for _ in range(3):
+        grads = [rng.standard_normal(p.shape) for p in start]
+        mask, normals = opt._draw(draws)
+        params, _, _ = ref.mgs_step(params, grads, [nn_(z) for z in normals], mask, loss)
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = tt(g)
+        opt.step(lambda: loss([nn_(p) for p in ps]))
+        for p, want in zip(ps, params, strict=True):
+            assert p.shape == want.shape
+            assert_close(nn_(p), want)
+    assert nn_(ps[0]) != start[0]
+
+
 def test_draw_order_and_low_precision_normals():
     """The documented draw order: (random_mix uniforms,) then one normal block per parameter,
     half dtypes drawn in float32 and cast."""

@@ -218,7 +218,7 @@ class _Block:
         """The per-parameter views ``(..., *shape)`` of a ``(..., n)`` tensor."""
         lead = flat.shape[:-1]
         parts = flat.split(self.numels, dim=-1) if len(self.numels) > 1 else (flat,)
-        return [v.view(*lead, *shape) for v, shape in zip(parts, self.shapes, strict=True)]
+        return [v.view((*lead, *shape)) for v, shape in zip(parts, self.shapes, strict=True)]
 
 
 def _blocks(params: list[Tensor]) -> list[_Block]:
