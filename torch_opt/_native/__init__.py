@@ -184,7 +184,7 @@ def library() -> ctypes.CDLL | None:
             _state.update(lib=None, seconds=time.perf_counter() - start)
             warnings.warn(
                 "twinopt: the native CPU kernels could not be built "
-                f"({err}); the optimizers use their slower torch._foreach path. "
+                f"({err}); the optimizers (RMSpropODE, Amos, MGS) use their slower torch path. "
                 "Install a C compiler (or set CC), or set TWINOPT_NATIVE=0 to silence this.",
                 NativeUnavailableWarning,
                 stacklevel=3,
