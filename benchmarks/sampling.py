@@ -652,7 +652,7 @@ def c_parameters(sizes) -> int:
     return (d_in + 1) * hidden + (hidden + 1) * d_out
 
 
-def c_torch(repeats: int, sizes, batch) -> dict:
+def c_torch(repeats: int, sizes, batch, device: str = "cpu") -> dict:
     import torch
     from torch import nn
 
@@ -672,8 +672,10 @@ def c_torch(repeats: int, sizes, batch) -> dict:
     d_in, hidden, d_out = sizes
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
-    x = torch.randn(batch, d_in, generator=gen)
-    y = torch.randint(0, d_out, (batch,), generator=gen)
+    model.to(device)
+    x = torch.randn(batch, d_in, generator=gen).to(device)
+    y = torch.randint(0, d_out, (batch,), generator=gen).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)  # the noise of the deepcopy path
     ce = nn.functional.cross_entropy
     ce(model(x), y).backward()  # the surrogate gradient, kept in .grad for every step
     # lr = 0: the model stays the same across repeats (the step's cost does not depend on lr)
@@ -692,7 +694,9 @@ def c_torch(repeats: int, sizes, batch) -> dict:
             scales = [noise_scale(g, noise=1.0, noise_scale="grad") for g in guides]
             mask = mixture_mask(C_K, 0.5)
             eps = [
-                perturbations(g, torch.randn(C_K, *p.shape, generator=gen), mask, scale=s)
+                perturbations(
+                    g, torch.randn(C_K, *p.shape, generator=gen, device=device), mask, scale=s
+                )
                 for g, s, p in zip(guides, scales, params, strict=True)
             ]
             d0 = float(closure())
@@ -709,7 +713,7 @@ def c_torch(repeats: int, sizes, batch) -> dict:
 
     stacked = [p.detach().unsqueeze(0).repeat(C_K + 1, *([1] * p.dim())) for p in params]
 
-    eps = [1e-2 * torch.randn(C_K, *p.shape, generator=gen) for p in params]
+    eps = [1e-2 * torch.randn(C_K, *p.shape, generator=gen, device=device) for p in params]
     rows = [[e[k] for e in eps] for k in range(C_K)]
     saved = [p.detach().clone() for p in params]
 
@@ -739,12 +743,13 @@ def c_torch(repeats: int, sizes, batch) -> dict:
         "torch_eval_vectorized": lambda: evaluate(population),
         "torch_eval_compiled": lambda: evaluate(compiled),
     }
-    medians = _interleaved_medians(fns, repeats)
+    sync = (lambda _: torch.cuda.synchronize()) if device.startswith("cuda") else None
+    medians = _interleaved_medians(fns, repeats, sync=sync)
     # The same evaluations back to back (each path repeated alone, caches warm from its own
     # previous call): what a tight loop sees, against the interleaved figures above, where
     # each call follows other work as inside a training step.
     hot = {
-        f"{key}_hot": _interleaved_medians({key: fns[key]}, repeats)[key]
+        f"{key}_hot": _interleaved_medians({key: fns[key]}, repeats, sync=sync)[key]
         for key in ("torch_eval_loop", "torch_eval_compiled")
     }
     return medians | hot | {"torch_compile_s": compile_s}
@@ -1232,7 +1237,8 @@ def _c_note(timings: dict) -> str:
         "what step(closure) does around its closure calls: one foreach add to perturb, the "
         "closure, one foreach copy to restore). The deepcopy path is the reference code's "
         "loop (a deep copy per candidate) around our kernels. torch ran on "
-        f"{timings.get('threads', '?')} thread(s) (the study sets 1 and restores the setting: "
+        f"{timings.get('torch_device', 'cpu')} (JAX on {timings.get('jax_backend', '?')}) "
+        f"with {timings.get('threads', '?')} CPU thread(s) (the study sets 1 and restores it: "
         "on this shared 2-core machine two threads made small matmuls up to 50x slower); "
         "absolute times vary between runs with the load of other jobs, the interleaved "
         "repeats keep the ratios fair."
@@ -1509,13 +1515,18 @@ def run(ctx: Context) -> StudyResult:
                 for model, sizes, batch in C_MODELS:
                     timings[model] = {}
                     if "torch" in fws:
-                        timings[model] |= c_torch(repeats, sizes, batch)
+                        timings[model] |= c_torch(repeats, sizes, batch, ctx.device)
                     if "jax" in fws:
                         timings[model] |= c_jax(repeats, ctx.quick, sizes, batch)
                 if "torch" in fws:
                     import torch
 
                     timings["threads"] = torch.get_num_threads()
+                    timings["torch_device"] = ctx.device
+                if "jax" in fws:
+                    import jax
+
+                    timings["jax_backend"] = jax.default_backend()
             part_seconds[job] = round(time.perf_counter() - started, 2)
 
     a_recs = a_records(a_jax_out, a_torch_out, steps, torch_steps)
