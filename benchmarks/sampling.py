@@ -622,6 +622,7 @@ C_MODELS = (  # key, MLP sizes (inputs, hidden, classes), batch
     ("study", (64, 128, 10), 256),
     ("small", (64, 32, 10), 64),
 )
+C_TARGET = "small"  # the model of the speed issue's ">= 5x" row
 C_REPEATS = {"full": 30, "quick": 5}
 C_WARMUP = 3
 
@@ -1191,12 +1192,12 @@ def _verdict(a_recs, b_recs, c_recs, b_logistic, timings) -> str:
             text + f" (logistic regression through its smooth surrogate: {logistic:.3f}; "
             "gradient descent on the 0-1 error cannot move: its gradient is 0)"
         )
-    texts, ratios = [], []
+    texts, best = [], {}
     for model, sizes, batch in C_MODELS:
         by = {r["path"]: r for r in c_recs if r["model"] == model}
         paths = [k for k in ("torch_vectorized", "torch_compiled") if k in by]
         if paths and "torch_loop" in by:
-            ratios += [by[k]["speedup_vs_loop"] for k in paths]
+            best[model] = max(by[k]["speedup_vs_loop"] for k in paths)
             kinds = {"torch_vectorized": "eager", "torch_compiled": "compiled"}
             steps = ", ".join(f"{by[k]['speedup_vs_loop']:.2f}x {kinds[k]}" for k in paths)
             text = (
@@ -1213,10 +1214,12 @@ def _verdict(a_recs, b_recs, c_recs, b_logistic, timings) -> str:
                 )
             texts.append(text + ")")
     if texts:
-        met = "met" if any(r >= 5 for r in ratios) else "not met"
+        # The speed issue's target: the small MLP's vectorized step (eager or compiled).
+        met = "met" if best.get(C_TARGET, 0.0) >= 5 else "not met"
         parts.append(
             f"(c) K = {C_K}, speed of the vectorized torch step relative to the looped "
-            f"closure path: {'; '.join(texts)} (target >= 5x {met} on this CPU)"
+            f"closure path: {'; '.join(texts)} (target >= 5x on the {C_TARGET} MLP {met}, "
+            f"torch on {timings.get('torch_device', 'cpu')})"
         )
     return "; ".join(parts)
 
@@ -1272,7 +1275,7 @@ def _c_note(timings: dict) -> str:
             "plus the evaluations, so the ratio of whole steps is (own work + looped "
             "evaluations) / (own work + vectorized evaluations). This run: "
             + "; ".join(parts)
-            + ". On this CPU the vmapped forward passes and losses of such MLPs are "
+            + ". On the CPU the vmapped forward passes and losses of such MLPs are "
             "compute-bound: batching the 17 evaluations saves the loop's per-call Python and "
             "dispatch overhead, not arithmetic (checked while building the study, not rerun "
             "here: under vmap the cross-entropy of 17 x 64 rows took longer than 17 separate "
