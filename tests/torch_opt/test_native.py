@@ -304,6 +304,29 @@ def test_mgs_proposal_is_the_torch_paths_to_the_bit_with_the_same_sums(
 
 
 @needs_native
+def test_mgs_proposal_sums_at_extreme_scales_match_torchs():
+    """Scales whose square underflows (weight -inf) or overflows (weight -0): the native sums
+    are torch's, NaN where torch's are NaN (0 * inf), never an exception."""
+    from torch_opt._native.sampling import native_propose
+    from torch_opt.sampling.kernels import _proposal_sums, perturbations
+
+    f64 = torch.float64
+    gen = torch.Generator().manual_seed(2)
+    for scale in (1e-170, 1e170):
+        z = [torch.randn(4, 3, generator=gen, dtype=f64)]
+        guide = 1e-3 * torch.randn(3, generator=gen, dtype=f64)
+        mask = [True, False, True, False]
+        s = torch.tensor(scale, dtype=f64)
+        want = perturbations(guide, z[0], mask, scale=s)
+        want_a, want_b = _proposal_sums([want], [guide], [s], "exact")
+        eps = [torch.empty(4, 3, dtype=f64)]
+        a, b = native_propose([guide], z, eps, [3], [scale], mask, antithetic=False, exact=True)
+        assert torch.equal(eps[0], want)
+        torch.testing.assert_close(a, want_a, rtol=1e-14, atol=0, equal_nan=True)
+        torch.testing.assert_close(b, want_b, rtol=1e-14, atol=0, equal_nan=True)
+
+
+@needs_native
 def test_mgs_proposal_does_not_depend_on_the_thread_count():
     """Rows (candidates) are dealt to threads whole, so the sums of (4) are the same bits on
     one thread and on several (ranks of a distributed run must agree bitwise)."""

@@ -8,6 +8,7 @@ operations and a flat copy of the block. The perturbations are bitwise those of
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 from torch import Tensor
@@ -58,8 +59,11 @@ def native_propose(
     lib = native.library()
     k, count = len(mask), len(eps)
     sums = torch.empty((2, k), dtype=torch.float64, device="cpu")
-    # -1/(2 s^2) in float64, as log_proposal computes it: (1 / s^2) * -0.5.
-    weights = (ctypes.c_double * count)(*[(1.0 / (s * s)) * -0.5 for s in scales])
+    # -1/(2 s^2) in float64, as log_proposal computes it: (1 / s^2) * -0.5, with IEEE's
+    # 1 / 0 = inf where s^2 underflows (Python's division would raise).
+    weights = (ctypes.c_double * count)(
+        *[(math.inf if s * s == 0 else 1.0 / (s * s)) * -0.5 for s in scales]
+    )
     getattr(lib, f"twinopt_mgs_propose_{native.DTYPES[eps[0].dtype]}")(
         ctypes.c_int64(k),
         ctypes.c_int64(count),
