@@ -261,7 +261,7 @@ def test_mgs_proposal_is_the_torch_paths_to_the_bit_with_the_same_sums(
     """The native pass over a block: (3) bitwise torch's perturbations (the flat (K, n) path,
     per-entry scales), the sums of (4) equal torch's up to the order of summation."""
     from torch_opt._native.sampling import native_propose, takes
-    from torch_opt.sampling.kernels import _proposal_sums, perturbations
+    from torch_opt.sampling.kernels import _density_weights, _proposal_sums, perturbations
 
     k = 6
     gen = torch.Generator().manual_seed(11)
@@ -286,11 +286,13 @@ def test_mgs_proposal_is_the_torch_paths_to_the_bit_with_the_same_sums(
 
     eps = [torch.empty(k, *shape, dtype=dtype) for shape in MGS_SHAPES]
     guides = None if guide is None else list(guide.split(numels))
+    s = torch.tensor(scales, dtype=torch.float64)
+    w = _density_weights(s)
     for target in (eps, None if antithetic else z):  # a fresh buffer, then in place
         if target is None:
             continue
         a, b = native_propose(
-            guides, z, target, numels, scales, mask, antithetic=antithetic, exact=exact
+            guides, z, target, numels, s, w if exact else None, mask, antithetic=antithetic
         )
         got = torch.cat([t.reshape(k, -1) for t in target], dim=1)
         bits = torch.int32 if dtype == torch.float32 else torch.int64
@@ -306,9 +308,9 @@ def test_mgs_proposal_is_the_torch_paths_to_the_bit_with_the_same_sums(
 @needs_native
 def test_mgs_proposal_sums_at_extreme_scales_match_torchs():
     """Scales whose square underflows (weight -inf) or overflows (weight -0): the native sums
-    are torch's, NaN where torch's are NaN (0 * inf), never an exception."""
+    are torch's, NaN where torch's are NaN (0 * inf)."""
     from torch_opt._native.sampling import native_propose
-    from torch_opt.sampling.kernels import _proposal_sums, perturbations
+    from torch_opt.sampling.kernels import _density_weights, _proposal_sums, perturbations
 
     f64 = torch.float64
     gen = torch.Generator().manual_seed(2)
@@ -320,7 +322,16 @@ def test_mgs_proposal_sums_at_extreme_scales_match_torchs():
         want = perturbations(guide, z[0], mask, scale=s)
         want_a, want_b = _proposal_sums([want], [guide], [s], "exact")
         eps = [torch.empty(4, 3, dtype=f64)]
-        a, b = native_propose([guide], z, eps, [3], [scale], mask, antithetic=False, exact=True)
+        a, b = native_propose(
+            [guide],
+            z,
+            eps,
+            [3],
+            s.reshape(1),
+            _density_weights(s.reshape(1)),
+            mask,
+            antithetic=False,
+        )
         assert torch.equal(eps[0], want)
         torch.testing.assert_close(a, want_a, rtol=1e-14, atol=0, equal_nan=True)
         torch.testing.assert_close(b, want_b, rtol=1e-14, atol=0, equal_nan=True)
@@ -331,11 +342,13 @@ def test_mgs_proposal_does_not_depend_on_the_thread_count():
     """Rows (candidates) are dealt to threads whole, so the sums of (4) are the same bits on
     one thread and on several (ranks of a distributed run must agree bitwise)."""
     from torch_opt._native.sampling import native_propose
+    from torch_opt.sampling.kernels import _density_weights
 
     gen = torch.Generator().manual_seed(4)
     k, numels = 8, [3 * (1 << 15), 999]  # enough entries for two threads
     z = [torch.randn(k, n, generator=gen) for n in numels]
     guides = [torch.randn(n, generator=gen) for n in numels]
+    scales = torch.tensor([0.5, 2.0], dtype=torch.float64)
     before = torch.get_num_threads()
     results = []
     try:
@@ -347,10 +360,10 @@ def test_mgs_proposal_does_not_depend_on_the_thread_count():
                 z,
                 eps,
                 numels,
-                [0.5, 2.0],
+                scales,
+                _density_weights(scales),
                 [True] * 4 + [False] * 4,
                 antithetic=False,
-                exact=True,
             )
             results.append((eps, a, b))
     finally:

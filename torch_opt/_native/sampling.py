@@ -8,7 +8,6 @@ operations and a flat copy of the block. The perturbations are bitwise those of
 from __future__ import annotations
 
 import ctypes
-import math
 
 import torch
 from torch import Tensor
@@ -31,11 +30,11 @@ def native_propose(
     normals: list[Tensor],
     eps: list[Tensor],
     numels: list[int],
-    scales: list[float],
+    scales: Tensor,
+    weights: Tensor | None,
     mask: list[bool],
     *,
     antithetic: bool,
-    exact: bool,
 ) -> tuple[Tensor, Tensor]:
     """(3) into ``eps`` and the sums of (4) for one block (:func:`takes` must hold).
 
@@ -47,10 +46,12 @@ def native_propose(
         eps: Each parameter's output, contiguous ``(K, *shape)``; may be ``normals`` itself
             when not ``antithetic``.
         numels: Each parameter's number of entries.
-        scales: Each parameter's ``s_P``.
+        scales: ``(P,)`` float64 CPU, each parameter's ``s_P``.
+        weights: ``(P,)`` float64 CPU, the sampling density's ``-1/(2 s_P^2)``
+            (``torch_opt.sampling.kernels._density_weights``), or ``None`` for the
+            unit-variance form.
         mask: ``K`` booleans, guided candidates.
         antithetic: Pair the candidates (``+z``, ``-z``).
-        exact: The sampling density's weights ``-1/(2 s_P^2)``; else the unit-variance form.
 
     Returns:
         ``a``, ``b`` (``(K,)`` float64): ``sum w eps^2`` and ``sum w (eps - g_hat)^2`` over
@@ -59,11 +60,9 @@ def native_propose(
     lib = native.library()
     k, count = len(mask), len(eps)
     sums = torch.empty((2, k), dtype=torch.float64, device="cpu")
-    # -1/(2 s^2) in float64, as log_proposal computes it: (1 / s^2) * -0.5, with IEEE's
-    # 1 / 0 = inf where s^2 underflows (Python's division would raise).
-    weights = (ctypes.c_double * count)(
-        *[(math.inf if s * s == 0 else 1.0 / (s * s)) * -0.5 for s in scales]
-    )
+    for t in (scales, weights):
+        if t is not None and not (t.dtype == torch.float64 and t.is_cpu and t.is_contiguous()):
+            raise ValueError("native_propose: scales and weights must be contiguous float64 CPU")
     getattr(lib, f"twinopt_mgs_propose_{native.DTYPES[eps[0].dtype]}")(
         ctypes.c_int64(k),
         ctypes.c_int64(count),
@@ -72,8 +71,8 @@ def native_propose(
         native.pointers(eps, count),
         None if guides is None else native.pointers(guides, count),
         (ctypes.c_int64 * count)(*numels),
-        (ctypes.c_double * count)(*scales),
-        weights if exact else None,
+        ctypes.c_void_p(scales.data_ptr()),
+        None if weights is None else ctypes.c_void_p(weights.data_ptr()),
         (ctypes.c_uint8 * k)(*(1 if m else 0 for m in mask)),
         ctypes.c_void_p(sums[0].data_ptr()),
         ctypes.c_void_p(sums[1].data_ptr()),

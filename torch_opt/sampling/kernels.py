@@ -209,8 +209,14 @@ def _proposal_sums(
             [e[0].shape for e in eps],
             device,
         )
-        weight = s.square().reciprocal_().mul_(-0.5)  # exact: -0.5 is a power of 2
+        weight = _density_weights(s)
     return _weighted_square_sums(x, centre, weight)
+
+
+def _density_weights(s: Tensor) -> Tensor:
+    """``-1 / (2 s^2)`` of (4) for float64 scales ``s``, computed as ``(1 / s^2) * -0.5``
+    (exact: -0.5 is a power of 2; IEEE's ``1 / 0 = inf`` where ``s^2`` underflows)."""
+    return s.square().reciprocal_().mul_(-0.5)
 
 
 def _mixture_log_density(a: Tensor, b: Tensor, mix: Any) -> Tensor:

@@ -16,6 +16,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from torch_opt._math import sparse_grad_error
 from torch_opt._native.sampling import native_propose, takes
 from torch_opt.sampling.kernels import (
+    _density_weights,
     _mixture_log_density,
     _noise_scales,
     _proposal_sums,
@@ -54,8 +55,7 @@ class _ModulePopulation:
         for name, p in module.named_parameters(remove_duplicate=False):
             aliases[id(p)].append(name)
         self._aliases = [aliases[id(p)] for p in self.params]
-        self.compiled = bool(compile)
-        self._batched = torch.compile(self._vmapped) if self.compiled else self._vmapped
+        self._compiled = torch.compile(self._vmapped) if compile else None
 
     def _one(self, *tensors: Tensor) -> Tensor:
         """The task loss of one parameter set (run under ``vmap``); the module's buffers are
@@ -77,9 +77,9 @@ class _ModulePopulation:
                 f"Invalid population: got {len(stacked)} stacked tensors (must be one per "
                 f"parameter of the module, {len(self.names)})"
             )
-        if self.compiled:
+        if self._compiled is not None:
             try:
-                return self._batched(*stacked)
+                return self._compiled(*stacked)
             except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler
                 inner = getattr(err, "inner_exception", err)
                 reason = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
@@ -89,8 +89,13 @@ class _ModulePopulation:
                     UserWarning,
                     stacklevel=2,
                 )
-                self.compiled, self._batched = False, self._vmapped
-        return self._batched(*stacked)
+                self._compiled = None
+        return self._vmapped(*stacked)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls run the ``torch.compile``-d evaluation (``False`` after a fallback)."""
+        return self._compiled is not None
 
     def _vmapped(self, *stacked: Tensor) -> Tensor:
         return torch.func.vmap(self._one)(*stacked)
@@ -730,10 +735,10 @@ class MGS(Optimizer):
                         z,
                         nb.eps,
                         blk.numels,
-                        s.tolist(),
+                        s,
+                        None if density == "unit_variance" else _density_weights(s),
                         mask,
                         antithetic=antithetic,
-                        exact=density != "unit_variance",
                     )
                     proposals.append(_Proposal(nb.eps, None, None, sums))
                 else:
