@@ -1056,6 +1056,7 @@ def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
             {"params": params, "calls": calls, "pop_params": pop_params, "pop_calls": pop_calls},
             pathlib.Path(out_dir) / f"rank{rank}.pt",
         )
+        torch.distributed.barrier()  # both ranks done before either tears gloo down
     finally:
         torch.distributed.destroy_process_group()
 
