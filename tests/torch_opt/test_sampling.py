@@ -863,6 +863,30 @@ def test_compiled_population_equals_the_eager_one_and_the_closure_path():
     )
 
 
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
+)
+def test_compiled_populations_compile_apart():
+    """Each compiled population has compiled code of its own: a second model's first call is
+    a first compilation (static shapes), not a recompilation of the first population's code
+    (which would turn every shape dynamic and count against one shared limit)."""
+    small = mlp()
+    torch.manual_seed(1)
+    wide = nn.Sequential(nn.Linear(3, 9), nn.Tanh(), nn.Linear(9, 1)).double()
+    gen = torch.Generator().manual_seed(6)
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        for net in (small, wide, small):
+            population = functional_population(net, mse, compile=True)
+            stacked = [
+                p.detach() + 0.3 * torch.randn(5, *p.shape, generator=gen, dtype=F64)
+                for p in net.parameters()
+            ]
+            got = population(stacked)
+            want = functional_population(net, mse)(stacked)
+            np.testing.assert_allclose(nn_(got), nn_(want), rtol=1e-12)
+            assert population.compiled
+
+
 def test_compiled_population_falls_back_to_eager_with_one_warning(monkeypatch):
     """When torch.compile's backend fails (as without a C++ compiler), the evaluation runs
     eagerly, with one warning that says why, and gives the eager losses."""

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +38,22 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------- population
 
+_POPULATIONS = itertools.count()
+
+
+def _own_code(method: types.MethodType) -> types.MethodType:
+    """``method`` rebuilt on a copy of its code object with a name of its own.
+
+    ``torch.compile`` keeps its compiled graphs, its recompilation count and its record of the
+    shapes seen (from which it turns a second shape into a dynamic one) per code object and
+    name. Shared by every population, they would let one population's shapes make the next
+    one's graph dynamic (slower) and count its compilation against the limit of all."""
+    fn = method.__func__
+    name = f"{fn.__name__}_{next(_POPULATIONS)}"
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
+
 
 class _ModulePopulation:
     """The callable :func:`functional_population` returns (see there)."""
@@ -55,7 +73,7 @@ class _ModulePopulation:
         for name, p in module.named_parameters(remove_duplicate=False):
             aliases[id(p)].append(name)
         self._aliases = [aliases[id(p)] for p in self.params]
-        self._compiled = torch.compile(self._vmapped) if compile else None
+        self._compiled = torch.compile(_own_code(self._vmapped)) if compile else None
 
     def _one(self, *tensors: Tensor) -> Tensor:
         """The task loss of one parameter set (run under ``vmap``); the module's buffers are
