@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.backends import assert_close
 from tests.reference import sampling as ref
 from tests.strategies import arrays_like, finite, moderate
-from twinopt.sampling import NOISE_SCALES, PROPOSAL_DENSITIES
+from twinopt.sampling import NOISE_SCALES, PROPOSAL_DENSITIES, mixture_mask
 
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
@@ -418,6 +418,30 @@ CONFIGS = {
     },
     "sgd-base-single-candidate-mix1": {"base": True, "num_samples": 1, "mix": 1.0, "seed": 5},
 }
+
+
+def test_draw_order_and_low_precision_normals():
+    """The documented draw, rebuilt from jax.random alone: the key split into 1 + (number of
+    leaves) keys; the first draws the random_mix uniforms (float32, one per centre, guided
+    where u < mix, repeated for antithetic pairs), the others one leaf's normals each (half
+    dtypes drawn in float32 and cast)."""
+    params = {"a": jnp.zeros(3, jnp.bfloat16), "b": jnp.zeros((2, 2), jnp.float32)}
+    key = jax.random.PRNGKey(4)
+    guided, (za, zb) = _draw(key, params, 8, True, True, 0.6)
+    mix_key, key_a, key_b = jax.random.split(key, 3)
+    u = np.asarray(jax.random.uniform(mix_key, (4,), jnp.float32))
+    want = [bool(v < 0.6) for v in u for _ in range(2)]
+    assert np.asarray(guided).tolist() == want
+    # Both kinds of centre, and a mask unlike those of u < 1 - mix or u > mix.
+    assert want != [bool(v < 0.4) for v in u for _ in range(2)] and 0 < sum(want) < 8
+    assert za.dtype == jnp.bfloat16 and zb.dtype == jnp.float32
+    np.testing.assert_array_equal(
+        np.asarray(za, np.float32),
+        np.asarray(jax.random.normal(key_a, (4, 3), jnp.float32).astype(jnp.bfloat16), np.float32),
+    )
+    np.testing.assert_array_equal(zb, jax.random.normal(key_b, (4, 2, 2), jnp.float32))
+    fixed, _ = _draw(key, params, 8, True, False, 0.5)  # without random_mix: the fixed mask
+    assert np.asarray(fixed).tolist() == mixture_mask(8, 0.5, antithetic=True)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
