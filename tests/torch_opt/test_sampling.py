@@ -565,20 +565,37 @@ def test_draw_order_and_low_precision_normals():
 
 
 def test_low_precision_parameters_step():
-    """bf16 parameters: Delta is computed in float32 and rounded once into the parameter."""
-    p = torch.tensor([1.0, -2.0, 0.5], dtype=torch.bfloat16, requires_grad=True)
-    p32 = p.detach().float().clone().requires_grad_()
-    opt = MGS([p], seed=0, noise_scale="constant", noise=0.1)
-    twin = MGS([p32], seed=0, noise_scale="constant", noise=0.1)
-    gen, gen32 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    for _ in range(2):
-        _, (z,) = opt._draw(gen)
-        _, (z32,) = twin._draw(gen32)
-        assert z.dtype == torch.bfloat16 and torch.equal(z, z32.bfloat16())
-    before = p.detach().clone()
-    opt.step(lambda: p.float().square().sum())
-    assert p.dtype == torch.bfloat16 and torch.isfinite(p).all()
-    assert not torch.equal(p, before)
+    """bf16 parameters: the closure sees theta + eps_k rounded to bf16 (eps_k from the
+    documented draw), and Delta = sum_k w_k eps_k is computed in float32 and rounded once
+    into the parameter."""
+    p = torch.tensor([1.0, -2.0, 0.5, 0.3, -0.7], dtype=torch.bfloat16, requires_grad=True)
+    theta = p.detach().clone()
+    opt = MGS([p], seed=0, noise_scale="constant", noise=0.1, num_samples=4)
+    mask, (z,) = opt._draw(torch.Generator().manual_seed(0))  # the step's own draw
+    eps = perturbations(None, z, mask, scale=0.1)
+    assert eps.dtype == torch.bfloat16
+
+    def loss(q):
+        return q.float().square().sum()
+
+    seen = []
+
+    def closure():
+        seen.append(p.detach().clone())
+        return loss(p)
+
+    opt.step(closure)
+    assert torch.equal(seen[0], theta)
+    for k in range(4):
+        assert torch.equal(seen[k + 1], theta + eps[k])
+    d = torch.tensor([loss(q).item() for q in seen], dtype=F64)
+    log_q = log_proposal([eps], [None], [0.1], mix=0.5, proposal_density="exact")
+    w = importance_weights(d[1:], d[0], log_q, temperature=1.0)
+    (delta,) = weighted_direction(w, [eps])
+    assert delta.dtype == torch.float32
+    want = (theta.float() + delta).bfloat16()
+    assert torch.equal(p.detach(), want)
+    assert not torch.equal(want, theta + delta.bfloat16())  # rounding twice differs here
 
 
 # ----------------------------------------------------------------------- base optimizers
@@ -1171,7 +1188,10 @@ def test_tensor_lr_must_have_one_element():
     with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
         MGS(one_param(), lr=torch.ones(2))
     p = torch.zeros(2, dtype=F64, requires_grad=True)
-    MGS([p], lr=torch.tensor(0.5), seed=0).step(lambda: p.sum())
+    q = torch.zeros(2, dtype=F64, requires_grad=True)
+    MGS([p], lr=torch.tensor(0.5), seed=0).step(lambda: p.square().sum() - p.sum())
+    MGS([q], lr=0.5, seed=0).step(lambda: q.square().sum() - q.sum())
+    assert torch.equal(p, q) and p.abs().sum() > 0  # a tensor lr steps as the float does
 
 
 @pytest.mark.parametrize(
