@@ -32,6 +32,7 @@ def test_quick_run_writes_report_json_and_plots(study, tmp_path):
     jsonschema.validate(record, RESULT_SCHEMA)
     assert record["study"] == study
     assert record["environment"]["versions"]["numpy"] != "not installed"
+    assert record["figures"]  # every study plots something
     for figure in record["figures"]:
         data = (tmp_path / figure).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
