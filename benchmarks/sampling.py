@@ -1212,6 +1212,11 @@ def _verdict(a_recs, b_recs, c_recs, b_logistic, timings) -> str:
                     "; the evaluations alone, compiled vs looped: "
                     f"{t['torch_eval_loop'] / t['torch_eval_compiled']:.2f}x"
                 )
+                if "torch_eval_loop_hot" in t and "torch_eval_compiled_hot" in t:
+                    text += (
+                        f", {t['torch_eval_loop_hot'] / t['torch_eval_compiled_hot']:.2f}x "
+                        "back to back"
+                    )
             texts.append(text + ")")
     if texts:
         # The speed issue's target: the small MLP's vectorized step (eager or compiled).
