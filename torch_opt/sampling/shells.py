@@ -46,11 +46,15 @@ def _own_code(method: types.MethodType) -> types.MethodType:
 
     ``torch.compile`` keeps its compiled graphs, its recompilation count and its record of the
     shapes seen (from which it turns a second shape into a dynamic one) per code object and
-    name. Shared by every population, they would let one population's shapes make the next
-    one's graph dynamic (slower) and count its compilation against the limit of all."""
+    name. Shared by every population, they would make the next population's first compilation
+    a recompilation of the first one's code, with every shape dynamic, counted against one
+    limit for all."""
     fn = method.__func__
     name = f"{fn.__name__}_{next(_POPULATIONS)}"
-    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    names = {"co_name": name}
+    if hasattr(fn.__code__, "co_qualname"):  # Python >= 3.11
+        names["co_qualname"] = name
+    code = fn.__code__.replace(**names)
     copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     return types.MethodType(copy, method.__self__)
 
