@@ -843,6 +843,8 @@ C_PARTS = [  # the breakdown of the torch step
     ("torch_eval_compiled", "the K + 1 evaluations alone, vectorized and compiled"),
     ("torch_eval_loop_hot", "the K + 1 evaluations alone, looped, repeated back to back"),
     ("torch_eval_compiled_hot", "the K + 1 evaluations alone, compiled, repeated back to back"),
+]
+C_BOUNDS = [  # not part of a step: what bounds the evaluations' speed-up
     (
         "torch_eval_matmuls_hot",
         "the two batched matmuls of the K + 1 forward passes alone (baddbmm, bias and ReLU; "
@@ -1176,6 +1178,11 @@ def c_tables(records, timings) -> list[str]:
             for k, text in C_PARTS
             if k in t
         ]
+        rows += [
+            [f"(bound, not a step) {text}", "torch", f"{t[k] * 1e3:.3f}", "", ""]
+            for k, text in C_BOUNDS
+            if k in t
+        ]
         tables.append(
             markdown_table(
                 [
@@ -1349,18 +1356,19 @@ def _c_note(timings: dict) -> str:
             "here: under vmap the cross-entropy of 17 x 64 rows took longer than 17 separate "
             "calls). Compiling the batched evaluation (torch.compile, TorchInductor) removes "
             "the per-operation overhead of vmap and functional_call; what is left is the "
-            "compiled call's fixed cost (guards, the wrapper, two batched matmuls), which a "
-            "single call pays with cold caches when other work ran just before it, while the "
-            "loop's 17 calls pay it once: hence the gap between the interleaved and the back "
-            "to back figures. Two rows bound what a vectorized evaluation can gain over the "
-            "loop here: the batched matmuls alone (the same arithmetic as two baddbmm calls, "
-            "with nothing around them) and a compiled call's fixed cost (the same compiled "
-            "population over a 2-2-2 MLP, whose arithmetic is nil). The looped evaluations over "
-            "the matmuls alone is the most any vectorized evaluation on torch's matmul kernels "
-            "could reach if the loss and the call cost nothing; over both, the most a compiled "
-            "one could reach if its loss cost nothing (regrouping the products, e.g. the first "
-            "layer as one matmul of the shared batch with all candidates' weights side by side, "
-            "took 7% less in a development check at one thread)."
+            "compiled call's fixed cost (guards, the wrapper) and two batched matmuls. A "
+            "single call right after other work runs slower than the same call repeated back "
+            "to back, by an amount that depends on the work before it: hence the gap between "
+            "the interleaved and the back to back figures. Two rows bound what a vectorized "
+            "evaluation can gain over the loop here: the batched matmuls alone (the same "
+            "arithmetic as two baddbmm calls, with nothing around them) and a compiled call's "
+            "fixed cost (the same compiled population over a 2-2-2 MLP, whose arithmetic is "
+            "nil). The looped evaluations over the matmuls alone is about the most any "
+            "vectorized evaluation on torch's matmul kernels could reach if the loss and the "
+            "call cost nothing; over both, the most a compiled one could reach if its loss "
+            "cost nothing (regrouping the products, e.g. the first layer as one matmul of the "
+            "shared batch with all candidates' weights side by side, took 7% less in a "
+            "development check at one thread)."
         )
     return text
 
