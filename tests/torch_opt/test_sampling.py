@@ -904,6 +904,129 @@ def test_compiled_populations_compile_apart():
             assert population.compiled
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype", "want"),
+    [
+        ((17, 64, 10), torch.float32, True),  # the small MLP's output layer
+        ((17, 256, 15), torch.float32, True),
+        ((5, 64, 8), torch.float32, True),
+        ((17, 64, 1), torch.float32, True),  # few columns: thin in a batch of >= 16
+        ((5, 64, 4), torch.float32, False),  # ... not in a small batch
+        ((17, 64, 16), torch.float32, False),  # a full AVX-512 register of floats
+        ((17, 63, 10), torch.float32, False),  # too few rows
+        ((17, 64, 10), F64, False),  # measured: no consistent gain
+        ((17, 64, 10), torch.bfloat16, False),
+    ],
+)
+def test_thin_products(shape, dtype, want):
+    from torch_opt.sampling._products import thin
+
+    assert thin(shape, dtype) is want
+
+
+def _traced(fn, *args):
+    """``fn`` traced to aten ops with fake values in ``meta["val"]`` (as Inductor's passes see
+    a graph)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    return make_fx(fn, tracing_mode="fake")(*args)
+
+
+def test_rewrite_products_transposes_thin_products_only():
+    """The thin ``bmm`` is computed transposed and gives the same values (up to float32
+    rounding); the wide one, and the float64 one, are left as they are."""
+    from torch_opt.sampling._products import rewrite_products
+
+    gen = torch.Generator().manual_seed(7)
+    h = torch.randn(17, 64, 32, generator=gen)
+    w_thin, w_wide = torch.randn(17, 10, 32, generator=gen), torch.randn(17, 16, 32, generator=gen)
+
+    def layers(h, w_thin, w_wide):
+        return torch.bmm(h, w_thin.mT).relu(), torch.bmm(h, w_wide.mT)
+
+    gm = _traced(layers, h, w_thin, w_wide)
+    want = layers(h, w_thin, w_wide)
+    assert rewrite_products(gm.graph) == 1
+    gm.recompile()
+    bmms = [n for n in gm.graph.nodes if n.target is torch.ops.aten.bmm.default]
+    # the thin product's operands are now the transposed weight and input: (17, 10, 32) first
+    assert sorted(tuple(n.args[0].meta["val"].shape) for n in bmms) == [(17, 10, 32), (17, 64, 32)]
+    for node in gm.graph.nodes:  # every value the rewrite added has its fake value
+        assert node.op in ("placeholder", "output") or "val" in node.meta
+    got = gm(h, w_thin, w_wide)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got[0], torch.zeros_like(got[0]))
+    gm64 = _traced(layers, h.double(), w_thin.double(), w_wide.double())
+    assert rewrite_products(gm64.graph) == 0
+
+
+def test_product_layouts_runs_after_the_configured_pass():
+    """The pass chains after a post-grad pass the user configured; Inductor's cache key
+    combines both ids, and is None (no caching) where the user's pass has none."""
+    from torch_opt.sampling._products import ProductLayouts
+
+    seen = []
+
+    class Theirs:
+        def __call__(self, graph):
+            seen.append(sum(n.target is torch.ops.aten.bmm.default for n in graph.nodes))
+
+        def uuid(self):
+            return "theirs"
+
+    gm = _traced(lambda h, w: torch.bmm(h, w.mT), torch.ones(17, 64, 3), torch.ones(17, 10, 3))
+    chained = ProductLayouts(Theirs())
+    chained(gm.graph)
+    assert seen == [1]  # theirs saw the graph before the rewrite
+    assert [
+        n.args[0].meta["val"].shape
+        for n in gm.graph.nodes
+        if n.target is torch.ops.aten.bmm.default
+    ] == [(17, 10, 3)]
+    alone = ProductLayouts()
+    assert chained.uuid() == (alone.uuid(), "theirs") and isinstance(alone.uuid(), bytes)
+    assert ProductLayouts(lambda graph: None).uuid() is None
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
+)
+def test_compiled_population_transposes_a_thin_output_layer(monkeypatch):
+    """A float32 MLP with 10 outputs, batch 64, K + 1 = 17 sets: the compiled population runs
+    the output layer's thin product transposed, and its losses equal the eager vmap's up to
+    float32 rounding."""
+    from torch_opt.sampling import _products
+
+    counts = []
+    rewrite = _products.rewrite_products
+    monkeypatch.setattr(_products, "rewrite_products", lambda g: counts.append(rewrite(g)))
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
+    gen = torch.Generator().manual_seed(8)
+    x, y = torch.randn(64, 16, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+
+    def ce(forward):
+        return nn.functional.cross_entropy(forward(x), y)
+
+    stacked = [
+        p.detach() + 0.1 * torch.randn(17, *p.shape, generator=gen) for p in net.parameters()
+    ]
+    caches = {"fx_graph_cache": False, "fx_graph_remote_cache": False}
+    with (
+        torch._inductor.config.patch(caches),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+        torch.no_grad(),
+    ):
+        compiled = functional_population(net, ce, compile=True)
+        got = compiled(stacked)
+        want = functional_population(net, ce)(stacked)
+    assert compiled.compiled and counts == [1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert len(set(got.tolist())) == 17
+
+
 def test_compiled_population_falls_back_to_eager_with_one_warning(monkeypatch):
     """When torch.compile's backend fails (as without a C++ compiler), the evaluation runs
     eagerly, with one warning that says why, and gives the eager losses."""

@@ -17,6 +17,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 from torch_opt._math import sparse_grad_error
 from torch_opt._native.sampling import native_propose, takes
+from torch_opt.sampling._products import compile_options
 from torch_opt.sampling.kernels import (
     _density_weights,
     _mixture_log_density,
@@ -77,7 +78,9 @@ class _ModulePopulation:
         for name, p in module.named_parameters(remove_duplicate=False):
             aliases[id(p)].append(name)
         self._aliases = [aliases[id(p)] for p in self.params]
-        self._compiled = torch.compile(_own_code(self._vmapped)) if compile else None
+        self._compiled = (
+            torch.compile(_own_code(self._vmapped), options=compile_options()) if compile else None
+        )
 
     def _one(self, *tensors: Tensor) -> Tensor:
         """The task loss of one parameter set (run under ``vmap``); the module's buffers are
