@@ -7,6 +7,9 @@ benchmarks.md, report each implementation's time as a ratio against its peer mea
 same run (RMSprop: torch.optim.RMSprop(foreach=True) for torch, optax.rmsprop under jit with
 donated buffers for JAX; Amos: pytorch_optimizer.Amos and the reference jestimator amos, each
 where installed), and the achieved bandwidth against a copy bandwidth measured in the same run.
+Per set and framework, every implementation and the copy are timed in one interleaved round
+(one call of each in turn, every repeat), so that the shared machine's share of cache and
+memory bandwidth, which drifts during a run, is the same for a row, its peer and the copy.
 
 Run alone: ``python -m benchmarks --only step_time``.
 """
@@ -104,6 +107,27 @@ class PeakMemory:
         return max(0, self._status("VmHWM:") - before)
 
 
+COPY = "copy"  # the reference row of an interleaved round
+
+
+def interleaved_ms(fns: dict, repeats: int, warmup: int = 3, sync=None) -> dict:
+    """Median ms per call of each function, the repeats interleaved (one call of each in turn,
+    ``sync()`` after each where given), so that the shared machine's state drifting during the
+    run (its share of cache and memory bandwidth) hits every row, its peer and the copy alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if sync is not None:
+                sync()
+            times[key].append(time.perf_counter() - start)
+    return {key: float(np.median(t) * 1e3) for key, t in times.items()}
+
+
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
@@ -138,44 +162,47 @@ def torch_rows(sets, repeats, device, memory):
         ps, lr=AMOS_LR, shape=lambda name, p: ()
     )
     impls["Amos() (full state)"] = lambda ps: torch_opt.Amos(ps, lr=AMOS_LR)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+
+    def build(make, shapes):
+        ps = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen).to(device)
+        return make(ps)
+
+    def extra_bytes(opt):
+        if device == "cpu":
+            return memory.extra_bytes(opt.step)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        opt.step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
     rows = []
     for set_name, shapes in sets.items():
         numel = sum(int(np.prod(s)) for s in shapes)
+        row = {"framework": "torch", "set": set_name, "numel": numel}
+        if memory is not None:
+            # One implementation at a time, after a few steps: pages another one freed would
+            # hide a step's own allocations.
+            for impl, make in impls.items():
+                opt = build(make, shapes)
+                for _ in range(3):
+                    opt.step()
+                rows.append(row | {"impl": impl, "extra_memory_bytes": extra_bytes(opt)})
+                del opt
+            continue
         buffers = {"src": torch.randn(numel, generator=gen).to(device)}
         buffers["dst"] = torch.empty_like(buffers["src"])
-        copy_ms = median_ms(lambda b=buffers: b["dst"].copy_(b["src"]), repeats)
-        copy_gbs = 2 * 4 * numel / copy_ms / 1e6
-        del buffers
-        for impl, make in impls.items():
-            ps = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
-            for p in ps:
-                p.grad = torch.randn(p.shape, generator=gen).to(device)
-            opt = make(ps)
-            ms = median_ms(opt.step, repeats)
-            extra = None
-            if memory is None:
-                pass
-            elif device == "cpu":
-                extra = memory.extra_bytes(opt.step)
-            elif device.startswith("cuda"):
-                torch.cuda.synchronize()
-                base = torch.cuda.memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-                opt.step()
-                torch.cuda.synchronize()
-                extra = torch.cuda.max_memory_allocated() - base
-            rows.append(
-                {
-                    "framework": "torch",
-                    "set": set_name,
-                    "impl": impl,
-                    "ms": ms,
-                    "numel": numel,
-                    "copy_gbs": copy_gbs,
-                    "extra_memory_bytes": extra,
-                }
-            )
-            del ps, opt
+        steps = {impl: build(make, shapes).step for impl, make in impls.items()}
+        copy = {COPY: lambda b=buffers: b["dst"].copy_(b["src"])}
+        times = interleaved_ms(copy | steps, repeats, sync=sync)
+        copy_gbs = 2 * 4 * numel / times[COPY] / 1e6
+        for impl in impls:
+            rows.append(row | {"impl": impl, "ms": times[impl], "copy_gbs": copy_gbs})
+        del buffers, steps
     return rows
 
 
@@ -201,10 +228,40 @@ def jax_rows(sets, repeats, memory):
     impls["amos(shape_fn -> ()) (one v, b per tensor)"] = lambda: jax_opt.amos(
         AMOS_LR, eta_fn=lambda name, shape: 0.5, shape_fn=lambda name, shape: ()
     )
+
+    def build(make, key, shapes):
+        opt = make()
+        params = [jax.random.normal(jax.random.fold_in(key, i), s) for i, s in enumerate(shapes)]
+        grads = [
+            jax.random.normal(jax.random.fold_in(key, 1000 + i), s) for i, s in enumerate(shapes)
+        ]
+
+        def step(params, state, grads):
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        jstep = jax.jit(step, donate_argnums=(0, 1))
+        box = {"params": params, "state": opt.init(params)}
+
+        def run():
+            box["params"], box["state"] = jstep(box["params"], box["state"], grads)
+            jax.block_until_ready(box["params"])
+
+        return run
+
     rows = []
     for set_name, shapes in sets.items():
         key = jax.random.PRNGKey(0)
         numel = sum(int(np.prod(s)) for s in shapes)
+        row = {"framework": "jax", "set": set_name, "numel": numel}
+        if memory is not None:  # one at a time, as in torch_rows
+            for impl, make in impls.items():
+                run = build(make, key, shapes)
+                for _ in range(3):
+                    run()
+                rows.append(row | {"impl": impl, "extra_memory_bytes": memory.extra_bytes(run)})
+                del run
+            continue
         # One read and one write per element, in place (donated), like an optimizer step.
         scale = jax.jit(lambda x: x * 1.0000001, donate_argnums=0)
         cell = {"x": jax.random.normal(key, (numel,))}
@@ -213,43 +270,12 @@ def jax_rows(sets, repeats, memory):
             cell["x"] = scale(cell["x"])
             cell["x"].block_until_ready()
 
-        copy_ms = median_ms(copy, repeats)
-        copy_gbs = 2 * 4 * numel / copy_ms / 1e6
-        del cell
-        for impl, make in impls.items():
-            opt = make()
-            params = [
-                jax.random.normal(jax.random.fold_in(key, i), s) for i, s in enumerate(shapes)
-            ]
-            grads = [
-                jax.random.normal(jax.random.fold_in(key, 1000 + i), s)
-                for i, s in enumerate(shapes)
-            ]
-
-            def step(params, state, grads, opt=opt):
-                updates, state = opt.update(grads, state, params)
-                return optax.apply_updates(params, updates), state
-
-            jstep = jax.jit(step, donate_argnums=(0, 1))
-            box = {"params": params, "state": opt.init(params)}
-
-            def run(box=box, jstep=jstep, grads=grads):
-                box["params"], box["state"] = jstep(box["params"], box["state"], grads)
-                jax.block_until_ready(box["params"])
-
-            ms = median_ms(run, repeats)
-            rows.append(
-                {
-                    "framework": "jax",
-                    "set": set_name,
-                    "impl": impl,
-                    "ms": ms,
-                    "numel": numel,
-                    "copy_gbs": copy_gbs,
-                    "extra_memory_bytes": None if memory is None else memory.extra_bytes(run),
-                }
-            )
-            del box, params, grads
+        runs = {impl: build(make, key, shapes) for impl, make in impls.items()}
+        times = interleaved_ms({COPY: copy} | runs, repeats)
+        copy_gbs = 2 * 4 * numel / times[COPY] / 1e6
+        for impl in impls:
+            rows.append(row | {"impl": impl, "ms": times[impl], "copy_gbs": copy_gbs})
+        del cell, runs
     return rows
 
 
