@@ -13,8 +13,8 @@ rounding (the order of a dot product's additions inside the BLAS kernel). Only f
 products with static shapes are touched. The rule comes from a measurement on this project's
 CPU at one thread (``python -m benchmarks.product_layout``, recorded in
 ``benchmarks/README.md``): every float32 product it picks ran faster transposed. float64
-follows another pattern (faster transposed at 1-10 columns, slower in places at 15) and
-bfloat16 ran mostly slower transposed, so both are left as they are.
+follows another pattern (mostly faster transposed at 4-10 columns, slower in places at 1 and
+at 15) and bfloat16 ran mostly slower transposed, so both are left as they are.
 """
 
 from __future__ import annotations
