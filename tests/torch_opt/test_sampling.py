@@ -990,6 +990,17 @@ def test_product_layouts_runs_after_the_configured_pass():
     assert ProductLayouts(lambda graph: None).uuid() is None
 
 
+def test_compile_options_use_the_cpp_wrapper_on_the_cpu_only():
+    """Inductor's C++ wrapper was measured on the CPU only; the product pass goes everywhere
+    (it rewrites CPU products alone)."""
+    from torch_opt.sampling._products import ProductLayouts, compile_options
+
+    cpu, other = compile_options(True), compile_options(False)
+    assert cpu["cpp_wrapper"] is True and "cpp_wrapper" not in other
+    for options in (cpu, other):
+        assert isinstance(options["post_grad_custom_pre_pass"], ProductLayouts)
+
+
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
 )

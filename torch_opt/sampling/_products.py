@@ -95,10 +95,13 @@ class ProductLayouts(CustomGraphPass):
         return None if theirs is None else (mine, theirs)  # None: Inductor skips its cache
 
 
-def compile_options() -> dict[str, Any]:
+def compile_options(cpu: bool) -> dict[str, Any]:
     """The compiled population's ``torch.compile`` options: :class:`ProductLayouts` added to
-    the configured post-grad passes, and Inductor's C++ wrapper (the compiled graph's calls
-    made from C++ rather than from generated Python: about 3 us less per call on the small
-    MLP of the sampling study, whose compiled evaluation takes about 0.1 ms)."""
+    the configured post-grad passes, and for a model on the CPU Inductor's C++ wrapper (the
+    compiled graph's calls made from C++ rather than from generated Python: about 3 us less
+    per call on the small MLP of the sampling study, whose compiled evaluation takes about
+    0.1 ms; not measured on a GPU, so not used there)."""
     other = torch._inductor.config.post_grad_custom_pre_pass
-    return {"post_grad_custom_pre_pass": ProductLayouts(other), "cpp_wrapper": True}
+    return {"post_grad_custom_pre_pass": ProductLayouts(other)} | (
+        {"cpp_wrapper": True} if cpu else {}
+    )

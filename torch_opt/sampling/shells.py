@@ -78,9 +78,11 @@ class _ModulePopulation:
         for name, p in module.named_parameters(remove_duplicate=False):
             aliases[id(p)].append(name)
         self._aliases = [aliases[id(p)] for p in self.params]
-        self._compiled = (
-            torch.compile(_own_code(self._vmapped), options=compile_options()) if compile else None
-        )
+        self._compiled = None
+        if compile:
+            cpu = all(p.device.type == "cpu" for p in self.params)
+            options = compile_options(cpu)
+            self._compiled = torch.compile(_own_code(self._vmapped), options=options)
 
     def _one(self, *tensors: Tensor) -> Tensor:
         """The task loss of one parameter set (run under ``vmap``); the module's buffers are
@@ -152,16 +154,16 @@ def functional_population(
         )
         opt.step(population=population)
 
-    With ``compile=True`` the batched evaluation runs under ``torch.compile``
-    (TorchInductor with its C++ wrapper, plus one pass of this library: a thin float32
-    batched product on the CPU, such as an output layer of 10 classes, is computed
-    transposed, which MKL runs faster): the first call compiles (seconds; on CPU it needs a
-    C++ compiler for TorchInductor), later calls with the same shapes reuse the compiled code,
-    and a change of the batch size (e.g. the shares of ``distributed=True``) compiles once
-    more with a dynamic batch size. For small models on a CPU this removes most of the
-    per-operation overhead of ``vmap`` and ``functional_call``; the losses equal the eager
-    ones up to the rounding of the compiled kernels. Where the backend cannot compile (no C++
-    compiler), the evaluation falls back to the eager ``vmap`` with one warning.
+    With ``compile=True`` the batched evaluation runs under ``torch.compile`` (TorchInductor,
+    with its C++ wrapper for a model on the CPU, plus one pass of this library: a thin float32
+    batched product on the CPU, such as an output layer of 10 classes, is computed transposed,
+    which MKL runs faster): the first call compiles (seconds; on CPU it needs a C++ compiler for
+    TorchInductor), later calls with the same shapes reuse the compiled code, and a change of
+    the batch size (e.g. the shares of ``distributed=True``) compiles once more with a dynamic
+    batch size. For small models on a CPU this removes most of the per-operation overhead of
+    ``vmap`` and ``functional_call``; the losses equal the eager ones up to the rounding of the
+    compiled kernels. Where the backend cannot compile (no C++ compiler), the evaluation falls
+    back to the eager ``vmap`` with one warning.
 
     Args:
         module: The model.
