@@ -6,10 +6,13 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -69,6 +72,25 @@ def machine(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "device": device,
     }
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 3, sync=None) -> dict:
+    """Median seconds per call of each function, the repeats interleaved (one call of each in
+    turn, ``sync(output)`` after each where given) so that a change of load on the shared
+    machine (its share of cache and memory bandwidth drifts during a run) hits every function
+    alike; ``warmup`` calls of each first."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            out = fn()
+            if sync is not None:
+                sync(out)
+            times[key].append(time.perf_counter() - start)
+    return {key: float(np.median(t)) for key, t in times.items()}
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

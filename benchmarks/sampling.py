@@ -63,6 +63,7 @@ from benchmarks._common import (
     Context,
     StudyResult,
     frameworks,
+    interleaved_medians,
     markdown_table,
     progress,
     pyplot,
@@ -634,24 +635,6 @@ C_WARMUP = 3
 C_HOT_WARMUP = 30
 
 
-def _interleaved_medians(fns: dict, repeats: int, sync=None, warmup: int = C_WARMUP) -> dict:
-    """Median seconds per call of each function, the repeats interleaved (one call of each in
-    turn) so that a change of load on the shared machine hits every path alike; ``warmup``
-    calls of each first."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            out = fn()
-            if sync is not None:
-                sync(out)
-            times[k].append(time.perf_counter() - start)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def c_mlp_name(sizes, batch) -> str:
     return f"MLP {'-'.join(map(str, sizes))}, batch {batch}"
 
@@ -782,12 +765,15 @@ def c_torch(repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 
         "torch_eval_compiled": lambda: evaluate(compiled),
     }
     sync = (lambda _: torch.cuda.synchronize()) if device.startswith("cuda") else None
-    medians = _interleaved_medians(fns, repeats, sync=sync)
+    medians = interleaved_medians(fns, repeats, C_WARMUP, sync)
     # The deepcopy path (16 model copies per step) slows whatever runs right after it (a
     # compiled evaluation by up to 3x in development runs), so it is timed in a group of its
     # own, interleaved with the looped path it is compared with.
-    pair = _interleaved_medians(
-        {"torch_loop": fns["torch_loop"], "torch_deepcopy": deepcopy_step}, repeats, sync=sync
+    pair = interleaved_medians(
+        {"torch_loop": fns["torch_loop"], "torch_deepcopy": deepcopy_step},
+        repeats,
+        C_WARMUP,
+        sync,
     )
     medians["torch_deepcopy"] = pair["torch_deepcopy"]
     medians["torch_loop_beside_deepcopy"] = pair["torch_loop"]
@@ -798,7 +784,7 @@ def c_torch(repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 
     alone = {f"{key}_hot": fns[key] for key in ("torch_eval_loop", "torch_eval_compiled")}
     alone |= {"torch_eval_matmuls_hot": matmuls, "torch_compiled_call_hot": tiny_call}
     hot = {
-        key: _interleaved_medians({key: fn}, repeats, sync=sync, warmup=C_HOT_WARMUP)[key]
+        key: interleaved_medians({key: fn}, repeats, sync=sync, warmup=C_HOT_WARMUP)[key]
         for key, fn in alone.items()
     }
     if all_threads > torch.get_num_threads() and device == "cpu":
@@ -807,7 +793,7 @@ def c_torch(repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 
         # every core and the loop's small ones hardly can.
         with torch_threads(all_threads):
             for key in ("torch_eval_loop_hot", "torch_eval_compiled_hot"):
-                hot[f"{key}_all"] = _interleaved_medians(
+                hot[f"{key}_all"] = interleaved_medians(
                     {key: alone[key]}, repeats, sync=sync, warmup=C_HOT_WARMUP
                 )[key]
     return medians | hot | {"torch_compile_s": compile_s}
@@ -843,7 +829,7 @@ def c_jax(repeats: int, quick: bool, sizes, batch) -> dict:
         u, box["state"] = update(grads, box["state"], params)
         return u
 
-    return _interleaved_medians({"jax_vmap": step}, repeats, sync=jax.block_until_ready)
+    return interleaved_medians({"jax_vmap": step}, repeats, C_WARMUP, jax.block_until_ready)
 
 
 C_ROWS = [  # key, path, framework

@@ -31,6 +31,7 @@ from benchmarks._common import (
     Context,
     StudyResult,
     frameworks,
+    interleaved_medians,
     markdown_table,
     progress,
     pyplot,
@@ -110,24 +111,6 @@ class PeakMemory:
 COPY = "copy"  # the reference row of an interleaved round
 
 
-def interleaved_ms(fns: dict, repeats: int, warmup: int = 3, sync=None) -> dict:
-    """Median ms per call of each function, the repeats interleaved (one call of each in turn,
-    ``sync()`` after each where given), so that the shared machine's state drifting during the
-    run (its share of cache and memory bandwidth) hits every row, its peer and the copy alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {key: [] for key in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if sync is not None:
-                sync()
-            times[key].append(time.perf_counter() - start)
-    return {key: float(np.median(t) * 1e3) for key, t in times.items()}
-
-
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
@@ -162,7 +145,7 @@ def torch_rows(sets, repeats, device, memory):
         ps, lr=AMOS_LR, shape=lambda name, p: ()
     )
     impls["Amos() (full state)"] = lambda ps: torch_opt.Amos(ps, lr=AMOS_LR)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    sync = (lambda _: torch.cuda.synchronize()) if device.startswith("cuda") else None
 
     def build(make, shapes):
         ps = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
@@ -198,10 +181,10 @@ def torch_rows(sets, repeats, device, memory):
         buffers["dst"] = torch.empty_like(buffers["src"])
         steps = {impl: build(make, shapes).step for impl, make in impls.items()}
         copy = {COPY: lambda b=buffers: b["dst"].copy_(b["src"])}
-        times = interleaved_ms(copy | steps, repeats, sync=sync)
-        copy_gbs = 2 * 4 * numel / times[COPY] / 1e6
+        times = interleaved_medians(copy | steps, repeats, sync=sync)
+        copy_gbs = 2 * 4 * numel / times[COPY] / 1e9
         for impl in impls:
-            rows.append(row | {"impl": impl, "ms": times[impl], "copy_gbs": copy_gbs})
+            rows.append(row | {"impl": impl, "ms": times[impl] * 1e3, "copy_gbs": copy_gbs})
         del buffers, steps
     return rows
 
@@ -271,10 +254,10 @@ def jax_rows(sets, repeats, memory):
             cell["x"].block_until_ready()
 
         runs = {impl: build(make, key, shapes) for impl, make in impls.items()}
-        times = interleaved_ms({COPY: copy} | runs, repeats)
-        copy_gbs = 2 * 4 * numel / times[COPY] / 1e6
+        times = interleaved_medians({COPY: copy} | runs, repeats)
+        copy_gbs = 2 * 4 * numel / times[COPY] / 1e9
         for impl in impls:
-            rows.append(row | {"impl": impl, "ms": times[impl], "copy_gbs": copy_gbs})
+            rows.append(row | {"impl": impl, "ms": times[impl] * 1e3, "copy_gbs": copy_gbs})
         del cell, runs
     return rows
 
