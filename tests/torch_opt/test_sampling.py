@@ -962,6 +962,130 @@ def test_rewrite_products_transposes_thin_products_only():
     assert rewrite_products(gm64.graph) == 0
 
 
+ONEDNN = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN"
+)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "want"),
+    [
+        ((17, 64, 64, 32), torch.float32, True),  # the small MLP's first layer: 2.2M
+        ((16, 64, 32, 32), torch.float32, True),  # exactly 2^20 multiply-adds
+        ((17, 64, 16, 32), torch.float32, False),  # 557k: MKL was as fast or faster
+        ((17, 64, 64, 32), F64, False),
+        ((17, 64, 64, 32), torch.bfloat16, False),
+    ],
+)
+def test_shared_products(shape, dtype, want):
+    from torch_opt.sampling._products import shared
+
+    assert shared(shape, dtype) is want
+
+
+def test_shared_products_go_to_onednn_on_amd_cpus_with_onednn_enabled(monkeypatch):
+    """The choice follows the CPU's vendor and ``torch.backends.mkldnn``; Inductor's cache key
+    follows the choice (a graph compiled with the oneDNN product is not reused without it)."""
+    from torch_opt.sampling import _products
+
+    assert isinstance(_products.cpu_vendor(), str)
+    keys = {}
+    for vendor in ("AuthenticAMD", "GenuineIntel", ""):
+        monkeypatch.setattr(_products, "cpu_vendor", lambda vendor=vendor: vendor)
+        on = _products.onednn_products()
+        assert on is (vendor == "AuthenticAMD" and torch.backends.mkldnn.is_available())
+        keys[on] = _products.ProductLayouts().uuid()
+    monkeypatch.setattr(_products, "cpu_vendor", lambda: "AuthenticAMD")
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.backends.mkldnn, "enabled", False)
+        assert _products.onednn_products() is False
+    assert torch.backends.mkldnn.enabled
+    assert len(keys) == 2 or not torch.backends.mkldnn.is_available()
+    if len(keys) == 2:
+        assert keys[True] != keys[False]
+
+
+@ONEDNN
+def test_onednn_linear_is_a_product_with_the_transposed_weight():
+    """``twinopt::onednn_linear(a, b) = a @ b^T`` in float32, for contiguous and transposed
+    operands; its shape function (what the compiled graph plans with) agrees."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from torch_opt.sampling._products import onednn_linear
+
+    gen = torch.Generator().manual_seed(11)
+    a, b = torch.randn(544, 64, generator=gen), torch.randn(64, 48, generator=gen)
+    for bb in (b.T.contiguous(), b.T):  # (48, 64), contiguous or a view
+        got = onednn_linear(a, bb)
+        want = (a.double() @ bb.double().T).float()
+        assert got.shape == (544, 48) and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    mode, bt = FakeTensorMode(), b.T
+    with mode:
+        fake = onednn_linear(mode.from_tensor(a), mode.from_tensor(bt))
+    assert fake.shape == (544, 48) and fake.dtype == torch.float32
+
+
+def test_rewrite_shared_computes_a_broadcast_input_product_as_one_product():
+    """A ``bmm`` of one input broadcast over 17 weights (``vmap`` of a linear layer), given as
+    ``(M, K)`` or ``(1, M, K)``, becomes one ``twinopt::onednn_linear`` of all the weights
+    with the input; a per-set input's product and a product below 2^20 multiply-adds stay."""
+    from torch_opt.sampling._products import onednn_linear, rewrite_shared
+
+    gen = torch.Generator().manual_seed(12)
+    x, w = torch.randn(64, 64, generator=gen), torch.randn(17, 32, 64, generator=gen)
+    h, w_small = torch.randn(17, 64, 64, generator=gen), torch.randn(17, 8, 64, generator=gen)
+
+    def layers(x, w, h, w_small):
+        return (
+            torch.bmm(x.expand(17, 64, 64), w.mT),
+            torch.bmm(x.unsqueeze(0).expand(17, 64, 64), w.mT),
+            torch.bmm(h, w.mT),  # an input per set: not shared
+            torch.bmm(x.expand(17, 64, 64), w_small.mT),  # 557k multiply-adds
+        )
+
+    gm = _traced(layers, x, w, h, w_small)
+    assert rewrite_shared(gm.graph) == 2
+    gm.recompile()
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(onednn_linear) == 2 and ops.count(torch.ops.aten.bmm.default) == 2
+    for node in gm.graph.nodes:
+        assert node.op in ("placeholder", "output") or "val" in node.meta
+        if node.op == "call_function":  # each fake value is what the graph computes
+            assert (
+                node.meta["val"].shape
+                == node.target(
+                    *(a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in node.args)
+                ).shape
+            )
+    if not torch.backends.mkldnn.is_available():
+        return
+    want = layers(x, w, h, w_small)
+    for got, expected in zip(gm(x, w, h, w_small), want, strict=True):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    assert (
+        rewrite_shared(_traced(layers, x.double(), w.double(), h.double(), w_small.double()).graph)
+        == 0
+    )
+
+
+def test_rewrite_products_sends_shared_products_to_onednn_only_where_chosen(monkeypatch):
+    """The pass leaves a shared product to MKL where :func:`onednn_products` says no."""
+    from torch_opt.sampling import _products
+
+    def layer(x, w):
+        return torch.bmm(x.expand(17, 64, 64), w.mT)
+
+    args = torch.ones(64, 64), torch.ones(17, 32, 64)
+    for vendor, want in (("GenuineIntel", 0), ("AuthenticAMD", 1)):
+        monkeypatch.setattr(_products, "cpu_vendor", lambda vendor=vendor: vendor)
+        gm = _traced(layer, *args)
+        assert _products.rewrite_products(gm.graph) == want * _products.onednn_products()
+        ops = [n.target for n in gm.graph.nodes]
+        assert ops.count(_products.onednn_linear) == want * _products.onednn_products()
+
+
 def test_product_layouts_runs_after_the_configured_pass():
     """The pass chains after a post-grad pass the user configured; Inductor's cache key
     combines both ids, and is None (no caching) where the user's pass has none."""
@@ -1034,6 +1158,45 @@ def test_compiled_population_transposes_a_thin_output_layer(monkeypatch):
         got = compiled(stacked)
         want = functional_population(net, ce)(stacked)
     assert compiled.compiled and counts == [1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert len(set(got.tolist())) == 17
+
+
+@ONEDNN
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
+)
+def test_compiled_population_computes_a_shared_first_layer_with_onednn(monkeypatch):
+    """The sampling study's small MLP (64-32-10, batch 64, 17 sets) with oneDNN products on
+    (as on an AMD CPU): the first layer's shared product goes to oneDNN, the output layer's
+    thin one is transposed, and the losses equal the eager vmap's up to float32 rounding."""
+    from torch_opt.sampling import _products
+
+    counts = []
+    rewrite = _products.rewrite_products
+    monkeypatch.setattr(_products, "rewrite_products", lambda g: counts.append(rewrite(g)))
+    monkeypatch.setattr(_products, "cpu_vendor", lambda: "AuthenticAMD")
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    gen = torch.Generator().manual_seed(9)
+    x, y = torch.randn(64, 64, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+
+    def ce(forward):
+        return nn.functional.cross_entropy(forward(x), y)
+
+    stacked = [
+        p.detach() + 0.1 * torch.randn(17, *p.shape, generator=gen) for p in net.parameters()
+    ]
+    caches = {"fx_graph_cache": False, "fx_graph_remote_cache": False}
+    with (
+        torch._inductor.config.patch(caches),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+        torch.no_grad(),
+    ):
+        compiled = functional_population(net, ce, compile=True)
+        got = compiled(stacked)
+        want = functional_population(net, ce)(stacked)
+    assert compiled.compiled and counts == [2]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert len(set(got.tolist())) == 17
 
