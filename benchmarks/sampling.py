@@ -628,11 +628,16 @@ C_MODELS = (  # key, MLP sizes (inputs, hidden, classes), batch
 )
 C_TARGET = "small"  # the model of the speed issue's ">= 5x" row
 C_REPEATS = {"full": 30, "quick": 5}
+# Back to back, a path's median over C_HOT_REPEATS calls: 300 loop calls span about 0.16 s and
+# 300 compiled ones 0.03 s, so that a burst of load from other jobs on the shared machine
+# (30 compiled calls span only 3 ms) cannot make a whole window.
+C_HOT_REPEATS = {"full": 300, "quick": 5}
 C_WARMUP = 3
 # Back to back means the steady state: on this machine a compiled call's time kept falling
-# over its first ~30 calls after other work (development runs), and a call after as little
+# over its first 30-60 calls after other work (0.10-0.11 ms over the first 30, 0.09 from the
+# 60th on; the looped evaluations stayed flat; development runs), and a call after as little
 # as a 17 ms sleep took 4-5x its steady time.
-C_HOT_WARMUP = 30
+C_HOT_WARMUP = 100
 
 
 def c_mlp_name(sizes, batch) -> str:
@@ -644,7 +649,9 @@ def c_parameters(sizes) -> int:
     return (d_in + 1) * hidden + (hidden + 1) * d_out
 
 
-def c_torch(repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 1) -> dict:
+def c_torch(
+    repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 1, hot_repeats: int = 5
+) -> dict:
     import torch
     from torch import nn
 
@@ -796,7 +803,7 @@ def c_torch(repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 
     alone = {f"{key}_hot": fns[key] for key in ("torch_eval_loop", "torch_eval_compiled")}
     alone |= {"torch_eval_matmuls_hot": matmuls, "torch_compiled_call_hot": tiny_call}
     hot = {
-        key: interleaved_medians({key: fn}, repeats, sync=sync, warmup=C_HOT_WARMUP)[key]
+        key: interleaved_medians({key: fn}, hot_repeats, sync=sync, warmup=C_HOT_WARMUP)[key]
         for key, fn in alone.items()
     }
     if all_threads > torch.get_num_threads() and device == "cpu":
@@ -806,7 +813,7 @@ def c_torch(repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 
         with torch_threads(all_threads):
             for key in ("torch_eval_loop_hot", "torch_eval_compiled_hot"):
                 hot[f"{key}_all"] = interleaved_medians(
-                    {key: alone[key]}, repeats, sync=sync, warmup=C_HOT_WARMUP
+                    {key: alone[key]}, hot_repeats, sync=sync, warmup=C_HOT_WARMUP
                 )[key]
     return medians | hot | {"torch_compile_s": compile_s}
 
@@ -1365,7 +1372,9 @@ def _c_note(timings: dict) -> str:
         "per second' is K over the median time of one whole step; the torch breakdown rows "
         "time the step with no evaluations and the evaluations alone (the looped one replays "
         "what step(closure) does around its closure calls: one foreach add to perturb, the "
-        "closure, one foreach copy to restore). The deepcopy path is the reference code's "
+        "closure, one foreach copy to restore). Back to back, each path runs alone: "
+        f"{C_HOT_WARMUP} warm-up calls, then the median of {timings.get('hot_repeats', '?')} "
+        "calls. The deepcopy path is the reference code's "
         "loop (a deep copy per candidate) around our kernels, timed in a group of its own "
         "beside the looped path (its ratio is against that group's loop): in development runs "
         "a compiled evaluation right after it took up to 3x as long. torch ran on "
@@ -1691,7 +1700,9 @@ def run(ctx: Context) -> StudyResult:
                 for model, sizes, batch in C_MODELS:
                     timings[model] = {}
                     if "torch" in fws:
-                        timings[model] |= c_torch(repeats, sizes, batch, ctx.device, all_threads)
+                        timings[model] |= c_torch(
+                            repeats, sizes, batch, ctx.device, all_threads, C_HOT_REPEATS[size]
+                        )
                     if "jax" in fws:
                         timings[model] |= c_jax(repeats, ctx.quick, sizes, batch)
                 if "torch" in fws:
@@ -1699,6 +1710,7 @@ def run(ctx: Context) -> StudyResult:
 
                     timings["threads"] = torch.get_num_threads()
                     timings["threads_all"] = all_threads
+                    timings["hot_repeats"] = C_HOT_REPEATS[size]
                     timings["torch_device"] = ctx.device
                 if "jax" in fws:
                     import jax
@@ -1773,6 +1785,8 @@ def run(ctx: Context) -> StudyResult:
                 },
                 "repeats": C_REPEATS[size],
                 "warmup": C_WARMUP,
+                "warmup_back_to_back": C_HOT_WARMUP,
+                "repeats_back_to_back": C_HOT_REPEATS[size],
                 "loss": "cross-entropy on random labels",
             },
         },
