@@ -634,9 +634,9 @@ C_REPEATS = {"full": 30, "quick": 5}
 C_HOT_REPEATS = {"full": 300, "quick": 5}
 C_WARMUP = 3
 # Back to back means the steady state: on this machine a compiled call's time kept falling
-# over its first 30-60 calls after other work (0.10-0.11 ms over the first 30, 0.09 from the
-# 60th on; the looped evaluations stayed flat; development runs), and a call after as little
-# as a 17 ms sleep took 4-5x its steady time.
+# over its first 30-60 calls after other work (about 0.105 ms over the first 30 calls,
+# 0.094-0.099 ms from the 60th on; the looped evaluations stayed flat; development runs), and
+# a call after as little as a 17 ms sleep took 4-5x its steady time.
 C_HOT_WARMUP = 100
 
 
@@ -665,7 +665,7 @@ def c_torch(
         perturbations,
         weighted_direction,
     )
-    from torch_opt.sampling._products import onednn_linear, onednn_products, shared, thin
+    from torch_opt.sampling._products import thin
     from twinopt.sampling import mixture_mask
 
     gen = torch.Generator().manual_seed(0)
@@ -734,25 +734,16 @@ def c_torch(
 
     w1, b1, w2, b2 = stacked  # the MLP's two layers, stacked over the K + 1 parameter sets
 
-    cpu = torch.device(device).type == "cpu"
-    onednn = cpu and onednn_products() and shared((C_K + 1, batch, d_in, hidden), x.dtype)
-
     def matmuls():
         """The arithmetic that dominates the batched evaluation, with nothing around it: both
-        layers of all K + 1 forward passes as two matrix products (bias and ReLU included, no
-        loss, no vmap, no compiled call), each as the compiled population runs it
-        (torch_opt/sampling/_products.py: the first layer's shared product as one oneDNN
-        product where the pass does so, the output layer's thin product transposed)."""
+        layers of all K + 1 forward passes as two batched matmuls (bias and ReLU included, no
+        loss, no vmap, no compiled call), each in the layout the compiled population runs it
+        (the output layer's thin product transposed: torch_opt/sampling/_products.py)."""
         with torch.no_grad():
-            if onednn:  # h^T of every set, (K + 1, hidden, batch)
-                h_t = onednn_linear(w1.flatten(0, 1), x).view(C_K + 1, hidden, batch)
-                h_t = h_t.add_(b1.unsqueeze(2)).relu_()
-            else:
-                xs = x.expand(C_K + 1, *x.shape)
-                h_t = torch.baddbmm(b1.unsqueeze(1), xs, w1.mT).relu_().mT
-            if cpu and thin((C_K + 1, batch, d_out), h_t.dtype):
-                return torch.baddbmm(b2.unsqueeze(2), w2, h_t).mT
-            return torch.baddbmm(b2.unsqueeze(1), h_t.mT, w2.mT)
+            h = torch.baddbmm(b1.unsqueeze(1), x.expand(C_K + 1, *x.shape), w1.mT).relu_()
+            if thin((C_K + 1, batch, d_out), h.dtype) and h.device.type == "cpu":
+                return torch.baddbmm(b2.unsqueeze(2), w2, h.mT).mT
+            return torch.baddbmm(b2.unsqueeze(1), h, w2.mT)
 
     with torch.no_grad():  # the bound computes the model (every stacked set is theta)
         torch.testing.assert_close(matmuls(), model(x).expand(C_K + 1, batch, d_out))
@@ -881,10 +872,9 @@ C_PARTS = [  # the breakdown of the torch step
 C_BOUNDS = [  # not part of a step: what bounds the evaluations' speed-up
     (
         "torch_eval_matmuls_hot",
-        "the two layers' matrix products of the K + 1 forward passes alone (bias and ReLU "
-        "included, as the compiled population runs them: the first layer as one oneDNN "
-        "product where its pass does so; no loss, no call around them), repeated back to "
-        "back",
+        "the two batched matmuls of the K + 1 forward passes alone (baddbmm, bias and ReLU, "
+        "in the compiled population's layouts; no loss, no call around them), repeated back "
+        "to back",
     ),
     (
         "torch_compiled_call_hot",
@@ -1245,7 +1235,7 @@ def _threads(n: int) -> str:
 
 def _c_bounds(t: dict) -> tuple[float, float] | None:
     """The most the evaluations could gain over the loop (both back to back): with only the
-    two layers' products to do, and with the products plus a compiled call's fixed cost; ``None``
+    batched matmuls to do, and with the matmuls plus a compiled call's fixed cost; ``None``
     where the run lacks a timing."""
     keys = ("torch_eval_loop_hot", "torch_eval_matmuls_hot", "torch_compiled_call_hot")
     if not all(k in t for k in keys):
@@ -1340,7 +1330,7 @@ def _verdict(a_recs, b_recs, c_recs, b_logistic, timings) -> str:
                     bounds = _c_bounds(t)
                     if bounds is not None:
                         text += (
-                            "; the looped evaluations vs the two layers' products plus a compiled "
+                            "; the looped evaluations vs the batched matmuls plus a compiled "
                             f"call's fixed cost: {bounds[1]:.2f}x"
                         )
             texts.append(text + ")")
@@ -1420,9 +1410,9 @@ def _c_note(timings: dict) -> str:
             bounds = _c_bounds(t)
             if bounds is not None:
                 text_part += (
-                    f"; the two layers' products alone {t['torch_eval_matmuls_hot'] * 1e3:.3f} ms "
+                    f"; the two batched matmuls alone {t['torch_eval_matmuls_hot'] * 1e3:.3f} ms "
                     f"and a compiled call's fixed cost {t['torch_compiled_call_hot'] * 1e3:.3f} "
-                    f"ms: the looped evaluations take {bounds[0]:.2f}x the products and "
+                    f"ms: the looped evaluations take {bounds[0]:.2f}x the matmuls and "
                     f"{bounds[1]:.2f}x both"
                 )
             parts.append(text_part)
@@ -1440,12 +1430,9 @@ def _c_note(timings: dict) -> str:
             "calls). Compiling the batched evaluation (torch.compile, TorchInductor) removes "
             "the per-operation overhead of vmap and functional_call, and the compiled "
             "population computes a thin output layer's product transposed (10 columns of 64 or "
-            "256 rows: MKL ran it about 1.8x faster so) and, on an AMD CPU, the first layer's "
-            "product of the shared batch with every candidate's weights as one oneDNN product "
-            "(MKL runs its AVX2 code on AMD CPUs; oneDNN's AVX-512 code ran that product about "
-            "1.5x faster; both rules: python -m benchmarks.product_layout); what is left is "
-            "the compiled call's fixed cost (guards, the wrapper), the two products and the "
-            "loss. A "
+            "256 rows: MKL ran it about 1.8x faster so; python -m benchmarks.product_layout); "
+            "what is left is the compiled call's fixed cost (guards, the wrapper) and two "
+            "batched matmuls. A "
             "single call right after other work runs slower than the same call repeated back "
             "to back, by an amount that grows with the time since its previous call rather "
             "than with the work in between (development checks on this shared virtual "
@@ -1454,14 +1441,16 @@ def _c_note(timings: dict) -> str:
             "evaluations, a compiled call of one addition took 0.19 ms instead of 0.016): "
             "hence the gap between the interleaved and the back to back figures. Two rows "
             "bound what a vectorized "
-            "evaluation can gain over the loop here: the two layers' products alone (the same "
-            "arithmetic as the compiled population runs it, with nothing around it) and a "
-            "compiled call's "
+            "evaluation can gain over the loop here: the batched matmuls alone (the same "
+            "arithmetic as two baddbmm calls in the compiled population's layouts, with nothing "
+            "around them) and a compiled call's "
             "fixed cost (the same compiled population over a 2-2-2 MLP, whose arithmetic is "
-            "nil). The looped evaluations over the products alone is about the most any "
-            "vectorized evaluation on these matrix kernels could reach if the loss and the "
+            "nil). The looped evaluations over the matmuls alone is about the most any "
+            "vectorized evaluation on torch's matmul kernels could reach if the loss and the "
             "call cost nothing; over both, the most a compiled one could reach if its loss "
-            "cost nothing."
+            "cost nothing (regrouping the products, e.g. the first layer as one matmul of the "
+            "shared batch with all candidates' weights side by side, took 7% less in a "
+            "development check at one thread)."
         )
     return text
 

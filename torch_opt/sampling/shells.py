@@ -155,18 +155,15 @@ def functional_population(
         opt.step(population=population)
 
     With ``compile=True`` the batched evaluation runs under ``torch.compile`` (TorchInductor,
-    with its C++ wrapper for a model on the CPU, plus one pass of this library for float32
-    products on the CPU: a thin batched product, such as an output layer of 10 classes, is
-    computed transposed, which MKL runs faster, and on an AMD CPU a large enough product of
-    one shared input with every set's weights, such as a first layer, runs as one oneDNN
-    product, whose AVX-512 code MKL does not use there): the first call compiles (seconds;
-    on CPU it needs a C++ compiler for TorchInductor), later calls with the same shapes reuse
-    the compiled code, and a change of the batch size (e.g. the shares of
-    ``distributed=True``) compiles once more with a dynamic batch size. For small models on a
-    CPU this removes most of the per-operation overhead of ``vmap`` and ``functional_call``;
-    the losses equal the eager ones up to the rounding of the compiled kernels. Where the
-    backend cannot compile (no C++ compiler), the evaluation falls back to the eager ``vmap``
-    with one warning.
+    with its C++ wrapper for a model on the CPU, plus one pass of this library: a thin float32
+    batched product on the CPU, such as an output layer of 10 classes, is computed transposed,
+    which MKL runs faster): the first call compiles (seconds; on CPU it needs a C++ compiler for
+    TorchInductor), later calls with the same shapes reuse the compiled code, and a change of
+    the batch size (e.g. the shares of ``distributed=True``) compiles once more with a dynamic
+    batch size. For small models on a CPU this removes most of the per-operation overhead of
+    ``vmap`` and ``functional_call``; the losses equal the eager ones up to the rounding of the
+    compiled kernels. Where the backend cannot compile (no C++ compiler), the evaluation falls
+    back to the eager ``vmap`` with one warning.
 
     Args:
         module: The model.
