@@ -74,22 +74,34 @@ def machine(device: str) -> dict[str, Any]:
     }
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 3, sync=None) -> dict:
+def interleaved_medians(
+    fns: dict, repeats: int, warmup: int = 3, sync=None, block: int = 1, block_warmup: int = 0
+) -> dict:
     """Median seconds per call of each function, the repeats interleaved (one call of each in
     turn, ``sync(output)`` after each where given) so that a change of load on the shared
     machine (its share of cache and memory bandwidth drifts during a run) hits every function
-    alike; ``warmup`` calls of each first."""
+    alike; ``warmup`` calls of each first.
+
+    With ``block > 1`` each turn is a block instead of one call: ``block_warmup`` untimed calls,
+    then ``block`` timed ones, back to back (a function's steady speed when repeated alone,
+    still measured in alternation with the others); the median is over all ``repeats * block``
+    timed calls."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict = {key: [] for key in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            start = time.perf_counter()
-            out = fn()
-            if sync is not None:
-                sync(out)
-            times[key].append(time.perf_counter() - start)
+            for _ in range(block_warmup):
+                out = fn()
+                if sync is not None:
+                    sync(out)
+            for _ in range(block):
+                start = time.perf_counter()
+                out = fn()
+                if sync is not None:
+                    sync(out)
+                times[key].append(time.perf_counter() - start)
     return {key: float(np.median(t)) for key, t in times.items()}
 
 

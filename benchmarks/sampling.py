@@ -628,16 +628,20 @@ C_MODELS = (  # key, MLP sizes (inputs, hidden, classes), batch
 )
 C_TARGET = "small"  # the model of the speed issue's ">= 5x" row
 C_REPEATS = {"full": 30, "quick": 5}
-# Back to back, a path's median over C_HOT_REPEATS calls: 300 loop calls span about 0.16 s and
-# 300 compiled ones 0.03 s, so that a burst of load from other jobs on the shared machine
-# (30 compiled calls span only 3 ms) cannot make a whole window.
-C_HOT_REPEATS = {"full": 300, "quick": 5}
 C_WARMUP = 3
-# Back to back means the steady state: on this machine a compiled call's time kept falling
-# over its first 30-60 calls after other work (about 0.105 ms over the first 30 calls,
-# 0.094-0.099 ms from the 60th on; the looped evaluations stayed flat; development runs), and
-# a call after as little as a 17 ms sleep took 4-5x its steady time.
-C_HOT_WARMUP = 100
+# Back to back means the steady state, timed in blocks: each path alone, C_HOT_WARMUP untimed
+# calls then C_HOT_BLOCK timed ones, the paths' blocks alternating for C_HOT_ROUNDS rounds;
+# medians over all timed calls (300 per path in a full run). The warm-up: on this machine a
+# compiled call's time kept falling over its first 30-60 calls after other work (about 0.105
+# ms over the first 30 calls, 0.094-0.099 ms from the 60th on; the looped evaluations stayed
+# flat; development runs), and a call after as little as a 17 ms sleep took 4-5x its steady
+# time. The alternation: the load of other jobs on this shared machine comes and goes over
+# seconds (one full run measured every row of the small MLP 20-55% slower than the runs
+# before and after it), so that each path is timed in every stretch of it, as in the
+# interleaved rows.
+C_HOT_ROUNDS = {"full": 5, "quick": 1}
+C_HOT_BLOCK = {"full": 60, "quick": 5}
+C_HOT_WARMUP = {"full": 100, "quick": 5}
 
 
 def c_mlp_name(sizes, batch) -> str:
@@ -650,7 +654,7 @@ def c_parameters(sizes) -> int:
 
 
 def c_torch(
-    repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 1, hot_repeats: int = 5
+    repeats: int, sizes, batch, device: str = "cpu", all_threads: int = 1, size: str = "quick"
 ) -> dict:
     import torch
     from torch import nn
@@ -793,19 +797,22 @@ def c_torch(
     # The two bounds (not parts of a step) are timed the same way.
     alone = {f"{key}_hot": fns[key] for key in ("torch_eval_loop", "torch_eval_compiled")}
     alone |= {"torch_eval_matmuls_hot": matmuls, "torch_compiled_call_hot": tiny_call}
-    hot = {
-        key: interleaved_medians({key: fn}, hot_repeats, sync=sync, warmup=C_HOT_WARMUP)[key]
-        for key, fn in alone.items()
+    blocks = {
+        "repeats": C_HOT_ROUNDS[size],
+        "warmup": 0,
+        "sync": sync,
+        "block": C_HOT_BLOCK[size],
+        "block_warmup": C_HOT_WARMUP[size],
     }
+    hot = interleaved_medians(alone, **blocks)
     if all_threads > torch.get_num_threads() and device == "cpu":
         # The evaluations back to back again with torch's default thread count (the study
         # runs on one): what a user's process gets, where the batched products can use
         # every core and the loop's small ones hardly can.
         with torch_threads(all_threads):
-            for key in ("torch_eval_loop_hot", "torch_eval_compiled_hot"):
-                hot[f"{key}_all"] = interleaved_medians(
-                    {key: alone[key]}, hot_repeats, sync=sync, warmup=C_HOT_WARMUP
-                )[key]
+            keys = ("torch_eval_loop_hot", "torch_eval_compiled_hot")
+            times = interleaved_medians({f"{key}_all": alone[key] for key in keys}, **blocks)
+        hot |= times
     return medians | hot | {"torch_compile_s": compile_s}
 
 
@@ -1362,9 +1369,12 @@ def _c_note(timings: dict) -> str:
         "per second' is K over the median time of one whole step; the torch breakdown rows "
         "time the step with no evaluations and the evaluations alone (the looped one replays "
         "what step(closure) does around its closure calls: one foreach add to perturb, the "
-        "closure, one foreach copy to restore). Back to back, each path runs alone: "
-        f"{C_HOT_WARMUP} warm-up calls, then the median of {timings.get('hot_repeats', '?')} "
-        "calls. The deepcopy path is the reference code's "
+        "closure, one foreach copy to restore). Back to back, each path runs alone in blocks "
+        f"({timings.get('hot_warmup', '?')} warm-up calls, then "
+        f"{(timings.get('hot_blocks') or ['?', '?'])[1]} timed ones), the paths' blocks "
+        f"alternating for {(timings.get('hot_blocks') or ['?'])[0]} rounds (medians over all "
+        "timed calls), so that the load of other jobs, which comes and goes over seconds, "
+        "hits every path alike. The deepcopy path is the reference code's "
         "loop (a deep copy per candidate) around our kernels, timed in a group of its own "
         "beside the looped path (its ratio is against that group's loop): in development runs "
         "a compiled evaluation right after it took up to 3x as long. torch ran on "
@@ -1690,7 +1700,7 @@ def run(ctx: Context) -> StudyResult:
                     timings[model] = {}
                     if "torch" in fws:
                         timings[model] |= c_torch(
-                            repeats, sizes, batch, ctx.device, all_threads, C_HOT_REPEATS[size]
+                            repeats, sizes, batch, ctx.device, all_threads, size
                         )
                     if "jax" in fws:
                         timings[model] |= c_jax(repeats, ctx.quick, sizes, batch)
@@ -1699,7 +1709,8 @@ def run(ctx: Context) -> StudyResult:
 
                     timings["threads"] = torch.get_num_threads()
                     timings["threads_all"] = all_threads
-                    timings["hot_repeats"] = C_HOT_REPEATS[size]
+                    timings["hot_blocks"] = [C_HOT_ROUNDS[size], C_HOT_BLOCK[size]]
+                    timings["hot_warmup"] = C_HOT_WARMUP[size]
                     timings["torch_device"] = ctx.device
                 if "jax" in fws:
                     import jax
@@ -1774,8 +1785,11 @@ def run(ctx: Context) -> StudyResult:
                 },
                 "repeats": C_REPEATS[size],
                 "warmup": C_WARMUP,
-                "warmup_back_to_back": C_HOT_WARMUP,
-                "repeats_back_to_back": C_HOT_REPEATS[size],
+                "back_to_back": {
+                    "rounds": C_HOT_ROUNDS[size],
+                    "timed_calls_per_block": C_HOT_BLOCK[size],
+                    "warmup_calls_per_block": C_HOT_WARMUP[size],
+                },
                 "loss": "cross-entropy on random labels",
             },
         },
