@@ -1361,6 +1361,7 @@ def _c_note(timings: dict) -> str:
         f"({c_parameters(sizes):,} parameters)"
         for model, sizes, batch in C_MODELS
     )
+    rounds, block = timings.get("hot_blocks", ("?", "?"))
     text = (
         f"(c) Two MLPs with one hidden layer (ReLU) and cross-entropy on random labels as the "
         f"task loss: {models}; K = {C_K} candidates, so K + 1 = {C_K + 1} evaluations per step "
@@ -1370,9 +1371,8 @@ def _c_note(timings: dict) -> str:
         "time the step with no evaluations and the evaluations alone (the looped one replays "
         "what step(closure) does around its closure calls: one foreach add to perturb, the "
         "closure, one foreach copy to restore). Back to back, each path runs alone in blocks "
-        f"({timings.get('hot_warmup', '?')} warm-up calls, then "
-        f"{(timings.get('hot_blocks') or ['?', '?'])[1]} timed ones), the paths' blocks "
-        f"alternating for {(timings.get('hot_blocks') or ['?'])[0]} rounds (medians over all "
+        f"({timings.get('hot_warmup', '?')} warm-up calls, then {block} timed ones), the "
+        f"paths' blocks alternating for {rounds} rounds (medians over all "
         "timed calls), so that the load of other jobs, which comes and goes over seconds, "
         "hits every path alike. The deepcopy path is the reference code's "
         "loop (a deep copy per candidate) around our kernels, timed in a group of its own "
