@@ -44,3 +44,18 @@ def test_unknown_study_is_a_usage_error(capsys):
         main(["--only", "no_such_study"])
     assert info.value.code == 2
     assert "unknown study: no_such_study" in capsys.readouterr().err
+
+
+def test_interleaved_medians_alternates_blocks_of_calls():
+    """``block``/``block_warmup``: each turn runs a function's untimed then timed calls back to
+    back, the functions' turns alternating; the default is one timed call per turn."""
+    from benchmarks._common import interleaved_medians
+
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = interleaved_medians(fns, repeats=2, warmup=1, block=3, block_warmup=2)
+    assert calls == ["a", "b"] + (["a"] * 5 + ["b"] * 5) * 2
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    calls.clear()
+    interleaved_medians(fns, repeats=3, warmup=0)
+    assert calls == ["a", "b"] * 3
