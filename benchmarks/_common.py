@@ -105,6 +105,11 @@ def interleaved_medians(
     return {key: float(np.median(t)) for key, t in times.items()}
 
 
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    """Median milliseconds per call of one function (``warmup`` calls first)."""
+    return interleaved_medians({"fn": fn}, repeats, warmup)["fn"] * 1e3
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     def cell(x: Any) -> str:
         if isinstance(x, float):

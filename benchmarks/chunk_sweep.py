@@ -11,8 +11,8 @@ import torch
 
 import torch_opt
 import torch_opt.rmsprop_ode._foreach as impl
-from benchmarks._common import markdown_table
-from benchmarks.step_time import median_ms, parameter_sets
+from benchmarks._common import markdown_table, median_ms
+from benchmarks.step_time import parameter_sets
 
 SIZES = {
     "64 KiB": 1 << 16,

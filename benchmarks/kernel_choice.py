@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from benchmarks._common import markdown_table
-from benchmarks.step_time import median_ms, parameter_sets
+from benchmarks._common import markdown_table, median_ms
+from benchmarks.step_time import parameter_sets
 
 
 def _compiled_update(ps, gs, vs, alpha: float, lr: float, eps: float) -> None:

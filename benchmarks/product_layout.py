@@ -13,12 +13,10 @@ summary of the rule against the measurement; benchmarks/README.md records a run.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-from benchmarks._common import markdown_table
+from benchmarks._common import interleaved_medians, markdown_table
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 BATCHES = (5, 17, 65)
@@ -30,22 +28,11 @@ REPEATS = 60
 
 def ratio(a: torch.Tensor, b: torch.Tensor) -> float:
     """Median time of ``bmm(a, b)`` over that of ``bmm(b^T, a^T)^T``, the calls alternating."""
-
-    def plain():
-        return torch.bmm(a, b)
-
-    def transposed():
-        return torch.bmm(b.mT, a.mT).mT
-
-    times: dict = {plain: [], transposed: []}
-    for _ in range(3):
-        plain(), transposed()
-    for _ in range(REPEATS):
-        for fn in times:
-            start = time.perf_counter()
-            fn()
-            times[fn].append(time.perf_counter() - start)
-    return float(np.median(times[plain]) / np.median(times[transposed]))
+    times = interleaved_medians(
+        {"plain": lambda: torch.bmm(a, b), "transposed": lambda: torch.bmm(b.mT, a.mT).mT},
+        REPEATS,
+    )
+    return times["plain"] / times["transposed"]
 
 
 def main() -> None:

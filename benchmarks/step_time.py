@@ -111,17 +111,6 @@ class PeakMemory:
 COPY = "copy"  # the reference row of an interleaved round
 
 
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
 def torch_rows(sets, repeats, device, memory):
     import torch
 
