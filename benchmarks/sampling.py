@@ -1240,6 +1240,17 @@ def _threads(n: int) -> str:
     return f"{n} thread{'s' if n != 1 else ''}"
 
 
+def _c_all_threads(t: dict) -> tuple[float, float] | None:
+    """The compiled evaluations back to back with torch's default thread count against the
+    loop on that count and against the loop at whichever thread count ran it faster (a second
+    thread can slow the loop's small products); ``None`` where the run lacks a timing."""
+    keys = ("torch_eval_loop_hot", "torch_eval_loop_hot_all", "torch_eval_compiled_hot_all")
+    if not all(k in t for k in keys):
+        return None
+    loop_one, loop_all, comp_all = (t[k] for k in keys)
+    return loop_all / comp_all, min(loop_one, loop_all) / comp_all
+
+
 def _c_bounds(t: dict) -> tuple[float, float] | None:
     """The most the evaluations could gain over the loop (both back to back): with only the
     batched matmuls to do, and with the matmuls plus a compiled call's fixed cost; ``None``
@@ -1319,12 +1330,9 @@ def _verdict(a_recs, b_recs, c_recs, b_logistic, timings) -> str:
                     if model == C_TARGET:
                         target = [f"{hot:.2f}x back to back on {_threads(timings['threads'])}"]
                         target[0] += f" ({'met' if hot >= 5 else 'not met'})"
-                        keys = ("torch_eval_loop_hot_all", "torch_eval_compiled_hot_all")
-                        if all(k in t for k in keys):
-                            # two threads can slow the loop's small products: against the
-                            # loop at whichever thread count ran it faster
-                            loop = min(t["torch_eval_loop_hot"], t[keys[0]])
-                            ratio = loop / t[keys[1]]
+                        wide = _c_all_threads(t)
+                        if wide is not None:
+                            ratio = wide[1]
                             target.append(
                                 f"{ratio:.2f}x compiled on torch's default "
                                 f"{_threads(timings['threads_all'])} against the loop at its "
@@ -1407,15 +1415,14 @@ def _c_note(timings: dict) -> str:
                     f"{t['torch_eval_compiled_hot'] * 1e3:.2f} ms compiled "
                     f"({t['torch_eval_loop_hot'] / t['torch_eval_compiled_hot']:.2f}x)"
                 )
-            wide = ("torch_eval_loop_hot_all", "torch_eval_compiled_hot_all")
-            if all(k in t for k in wide):
-                loop, comp = (t[k] for k in wide)
+            wide = _c_all_threads(t)
+            if wide is not None:
+                loop, comp = t["torch_eval_loop_hot_all"], t["torch_eval_compiled_hot_all"]
                 text_part += (
                     f"; back to back with torch's default "
                     f"{_threads(timings['threads_all'])}: {loop * 1e3:.2f} ms looped vs "
-                    f"{comp * 1e3:.2f} ms compiled ({loop / comp:.2f}x; "
-                    f"{min(loop, t['torch_eval_loop_hot']) / comp:.2f}x against the loop at "
-                    "its faster thread count)"
+                    f"{comp * 1e3:.2f} ms compiled ({wide[0]:.2f}x; {wide[1]:.2f}x against the "
+                    "loop at its faster thread count)"
                 )
             bounds = _c_bounds(t)
             if bounds is not None:
