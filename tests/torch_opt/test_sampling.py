@@ -1066,6 +1066,159 @@ def test_compiled_population_falls_back_to_eager_with_one_warning(monkeypatch):
     assert torch.equal(got, want) and torch.equal(again, want)
 
 
+def _ce(forward, x, y):
+    return nn.functional.cross_entropy(forward(x), y)
+
+
+def _classification_batch(seed, rows=12):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, 3, generator=gen), torch.randint(0, 4, (rows,), generator=gen)
+
+
+def _population_input(net, rows, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [p.detach() + 0.3 * torch.randn(rows, *p.shape, generator=gen) for p in net.parameters()]
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
+)
+def test_compiled_population_with_data_arguments_runs_without_dynamo():
+    """Data given as arguments (compute_loss(forward, x, y), population(stacked, x, y)): the
+    graph is compiled without TorchDynamo (no Dynamo compilation under the stance that fails
+    on one), once per input layout, and each call computes with the data it is given, equal
+    to the eager vmap's losses."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4))
+    compiled = functional_population(net, _ce, compile=True)
+    eager = functional_population(net, _ce)
+    stacked = _population_input(net, 6, seed=9)
+    seen = set()
+    with torch.compiler.set_stance("fail_on_recompile"), torch.no_grad():
+        for rows, batch_seed in ((6, 1), (6, 2), (3, 2), (6, 3)):
+            x, y = _classification_batch(batch_seed)
+            got = compiled([s[:rows] for s in stacked], x, y)
+            want = eager([s[:rows] for s in stacked], x, y)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            assert got.shape == (rows,) and len(set(got.tolist())) == rows
+            seen.add(tuple(got.tolist()))
+    assert len(seen) == 4  # new data (or rows), new losses: nothing was frozen into the graph
+    assert compiled.compiled
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
+)
+def test_compiled_population_reads_captured_tensors_anew():
+    """A tensor that compute_loss reads from outside (here: rebound in a dict between calls)
+    cannot be an input of a graph compiled without TorchDynamo; such a population runs under
+    torch.compile's guards instead and sees each new tensor."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4))
+    batch = dict(zip("xy", _classification_batch(1), strict=True))
+    compiled = functional_population(
+        net, lambda forward: _ce(forward, batch["x"], batch["y"]), compile=True
+    )
+    stacked = _population_input(net, 5, seed=9)
+    with torch.no_grad():
+        first = compiled(stacked)
+        with (
+            torch.compiler.set_stance("fail_on_recompile"),
+            pytest.raises(RuntimeError, match="fail_on_recompile"),
+        ):
+            functional_population(
+                net, lambda forward: _ce(forward, batch["x"], batch["y"]), compile=True
+            )(stacked)  # TorchDynamo's path: its first call compiles
+        batch.update(zip("xy", _classification_batch(2), strict=True))
+        second = compiled(stacked)
+        want = functional_population(net, _ce)(stacked, batch["x"], batch["y"])
+    torch.testing.assert_close(second, want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
+)
+def test_compiled_population_follows_buffers_and_training_mode():
+    """Buffers are inputs of the compiled graph (read at each call, also after one is
+    replaced by a new tensor), and a change of a submodule's training mode compiles anew."""
+
+    class Shift(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("offset", torch.zeros(4))
+
+        def forward(self, h):
+            return h + self.offset if self.training else 2 * h - self.offset
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(3, 4), Shift(), nn.Tanh(), nn.Linear(4, 4))
+    compiled = functional_population(net, _ce, compile=True)
+    eager = functional_population(net, _ce)
+    stacked = _population_input(net, 5, seed=9)
+    x, y = _classification_batch(1)
+    results = []
+    with torch.compiler.set_stance("fail_on_recompile"), torch.no_grad():
+        for change in (
+            lambda: None,
+            lambda: net[1].offset.fill_(0.5),  # in place
+            lambda: setattr(net[1], "offset", torch.linspace(-1, 1, 4)),  # a new tensor
+            lambda: net.eval(),
+        ):
+            change()
+            got = compiled(stacked, x, y)
+            torch.testing.assert_close(got, eager(stacked, x, y), rtol=1e-5, atol=1e-6)
+            results.append(tuple(got.tolist()))
+    assert len(set(results)) == 4
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
+)
+def test_compiled_population_keeps_autograd_where_inputs_need_it():
+    """With gradients enabled and inputs that require them, the compiled population runs under
+    torch.compile (the graph compiled without TorchDynamo has no backward): the gradients
+    equal the eager vmap's."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4))
+    x, y = _classification_batch(1)
+    grads = []
+    for compile in (True, False):
+        stacked = [s.requires_grad_() for s in _population_input(net, 5, seed=9)]
+        functional_population(net, _ce, compile=compile)(stacked, x, y).sum().backward()
+        grads.append([s.grad for s in stacked])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert got.abs().sum() > 0
+
+
+def test_compiled_population_falls_back_to_eager_when_inductor_fails(monkeypatch):
+    """Where TorchInductor fails on the graph traced without TorchDynamo (as without a C++
+    compiler), the population warns once, says why, and evaluates eagerly from then on."""
+    calls = []
+
+    def failing(gm, example_inputs, options=None):
+        calls.append(1)
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(torch._inductor, "compile", failing)
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4))
+    population = functional_population(net, _ce, compile=True)
+    stacked = _population_input(net, 5, seed=9)
+    x, y = _classification_batch(1)
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="could not compile.*No working C.. compiler") as w:
+            got = population(stacked, x, y)
+        assert len(w) == 1 and not population.compiled
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            again = population(stacked, x, y)
+        want = functional_population(net, _ce)(stacked, x, y)
+    assert calls == [1]
+    assert torch.equal(got, want) and torch.equal(again, want)
+
+
 def test_population_sees_the_closure_paths_candidates_bitwise():
     """The same noise: each stacked parameter set is bitwise the parameters the closure sees
     for that candidate (theta first), and the closure path puts theta back bitwise (lr 0)."""
