@@ -75,17 +75,33 @@ def machine(device: str) -> dict[str, Any]:
 
 
 def interleaved_medians(
-    fns: dict, repeats: int, warmup: int = 3, sync=None, block: int = 1, block_warmup: int = 0
+    fns: dict,
+    repeats: int,
+    warmup: int = 3,
+    sync=None,
+    block: int = 1,
+    block_warmup: int = 0,
+    timer=None,
 ) -> dict:
     """Median seconds per call of each function, the repeats interleaved (one call of each in
     turn, ``sync(output)`` after each where given) so that a change of load on the shared
     machine (its share of cache and memory bandwidth drifts during a run) hits every function
-    alike; ``warmup`` calls of each first.
+    alike; ``warmup`` calls of each first. A call is timed by the host's clock, or by
+    ``timer(fn)`` (seconds) where given, e.g. :func:`cuda_event_timer`.
 
     With ``block > 1`` each turn is a block instead of one call: ``block_warmup`` untimed calls,
     then ``block`` timed ones, back to back (a function's steady speed when repeated alone,
     still measured in alternation with the others); the median is over all ``repeats * block``
     timed calls."""
+
+    def clock(fn) -> float:
+        start = time.perf_counter()
+        out = fn()
+        if sync is not None:
+            sync(out)
+        return time.perf_counter() - start
+
+    timer = clock if timer is None else timer
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -96,13 +112,28 @@ def interleaved_medians(
                 out = fn()
                 if sync is not None:
                     sync(out)
-            for _ in range(block):
-                start = time.perf_counter()
-                out = fn()
-                if sync is not None:
-                    sync(out)
-                times[key].append(time.perf_counter() - start)
+            times[key] += [timer(fn) for _ in range(block)]
     return {key: float(np.median(t)) for key, t in times.items()}
+
+
+def cuda_event_timer(fn) -> float:
+    """Seconds one call of ``fn`` spans on the GPU's timeline: between CUDA events recorded on
+    the current stream before and after it (the host's launches included where the GPU waits
+    for them, not the host's wait for the end), read once the end event has completed."""
+    import torch
+
+    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def torch_timer(device: str):
+    """The ``timer`` of :func:`interleaved_medians` for torch work on ``device``: CUDA events
+    on a GPU, the host's clock (``None``) elsewhere."""
+    return cuda_event_timer if device.startswith("cuda") else None
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:

@@ -68,6 +68,7 @@ from benchmarks._common import (
     progress,
     pyplot,
     save_figure,
+    torch_timer,
 )
 from benchmarks.problems import (
     BIASED_QUADRATIC,
@@ -791,8 +792,8 @@ def c_torch(
         "torch_eval_vectorized": lambda: evaluate(population),
         "torch_eval_compiled": lambda: evaluate(compiled),
     }
-    sync = (lambda _: torch.cuda.synchronize()) if device.startswith("cuda") else None
-    medians = interleaved_medians(fns, repeats, C_WARMUP, sync)
+    timer = torch_timer(device)
+    medians = interleaved_medians(fns, repeats, C_WARMUP, timer=timer)
     # The deepcopy path (16 model copies per step) slows whatever runs right after it (a
     # compiled evaluation by up to 3x in development runs), so it is timed in a group of its
     # own, interleaved with the looped path it is compared with.
@@ -800,7 +801,7 @@ def c_torch(
         {"torch_loop": fns["torch_loop"], "torch_deepcopy": deepcopy_step},
         repeats,
         C_WARMUP,
-        sync,
+        timer=timer,
     )
     medians["torch_deepcopy"] = pair["torch_deepcopy"]
     medians["torch_loop_beside_deepcopy"] = pair["torch_loop"]
@@ -814,7 +815,7 @@ def c_torch(
     blocks = {
         "repeats": C_HOT_ROUNDS[size],
         "warmup": 0,
-        "sync": sync,
+        "timer": timer,
         "block": C_HOT_BLOCK[size],
         "block_warmup": C_HOT_WARMUP[size],
     }

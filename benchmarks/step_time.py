@@ -36,6 +36,7 @@ from benchmarks._common import (
     progress,
     pyplot,
     save_figure,
+    torch_timer,
 )
 from benchmarks.peers import reference_amos
 
@@ -45,7 +46,13 @@ QUESTION = "How fast is one optimizer step, against peers and against the memory
 # writes theta, nu; the global form has no nu but reads g twice (norm, then update). Amos with
 # full state reads theta, g, v, b and writes theta, v, b; with one v, b per tensor it reads g
 # twice (its mean square, then the update) and theta once, and writes theta.
-BYTES_PER_PARAM = {"elementwise": 20, "global": 16, "amos_full": 28, "amos_reduced": 16}
+BYTES_PER_PARAM = {
+    "elementwise": 20,
+    "global": 16,
+    "amos_full": 28,
+    "amos_reduced": 16,
+    "adam": 28,  # the fused reference on a GPU (FUSED)
+}
 AMOS_LR = 0.01  # any value: a step's cost does not depend on it
 
 
@@ -111,7 +118,14 @@ class PeakMemory:
 COPY = "copy"  # the reference row of an interleaved round
 
 
-def torch_rows(sets, repeats, device, memory):
+# torch's fused path, timed beside its foreach path on a GPU (issue: "ratios against torch's
+# foreach and fused paths"): torch.optim.RMSprop has no fused kernel (torch 2.13), so Adam's
+# stands for it, compared by bandwidth (it moves 28 bytes per parameter).
+FUSED = "torch.optim.Adam(fused=True) (torch's fused path)"
+
+
+def torch_rows(sets, repeats, device, memory, fused=None):
+    """The torch rows of every set; ``fused``: add :data:`FUSED` (default: on a GPU)."""
     import torch
 
     import torch_opt
@@ -134,7 +148,10 @@ def torch_rows(sets, repeats, device, memory):
         ps, lr=AMOS_LR, shape=lambda name, p: ()
     )
     impls["Amos() (full state)"] = lambda ps: torch_opt.Amos(ps, lr=AMOS_LR)
-    sync = (lambda _: torch.cuda.synchronize()) if device.startswith("cuda") else None
+    if fused is None:
+        fused = device.startswith("cuda")
+    if fused:
+        impls[FUSED] = lambda ps: torch.optim.Adam(ps, fused=True)
 
     def build(make, shapes):
         ps = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
@@ -170,7 +187,7 @@ def torch_rows(sets, repeats, device, memory):
         buffers["dst"] = torch.empty_like(buffers["src"])
         steps = {impl: build(make, shapes).step for impl, make in impls.items()}
         copy = {COPY: lambda b=buffers: b["dst"].copy_(b["src"])}
-        times = interleaved_medians(copy | steps, repeats, sync=sync)
+        times = interleaved_medians(copy | steps, repeats, timer=torch_timer(device))
         copy_gbs = 2 * 4 * numel / times[COPY] / 1e9
         for impl in impls:
             rows.append(row | {"impl": impl, "ms": times[impl] * 1e3, "copy_gbs": copy_gbs})
@@ -375,6 +392,8 @@ def family(impl: str) -> str:
 
 def form(impl: str) -> str:
     """The key of ``BYTES_PER_PARAM`` for an implementation's row."""
+    if impl == FUSED:
+        return "adam"
     if family(impl) == "amos":
         reduced = "per tensor" in impl or "pytorch_optimizer" in impl
         return "amos_reduced" if reduced else "amos_full"
@@ -455,7 +474,9 @@ def run(ctx: Context) -> StudyResult:
             "Copy bandwidth measured in the same run: "
             + "; ".join(f"{fw} {s}: {gbs} GB/s" for fw, s, gbs in copy),
             "'x peer' is the step time divided by the peer's in the same run (lower is "
-            "faster): torch.optim.RMSprop(foreach=True) / optax.rmsprop for the RMSprop rows, "
+            "faster): torch.optim.RMSprop(foreach=True) / optax.rmsprop for the RMSprop rows "
+            "(and, on a GPU, for torch.optim.Adam(fused=True), which stands for torch's fused "
+            "path: RMSprop has none; compare it by GB/s), "
             "pytorch_optimizer.Amos / the reference jestimator amos for the Amos rows. "
             "pytorch_optimizer.Amos keeps one v and b per tensor, so our like-for-like row is "
             "Amos(shape=()); the JAX Amos rows use eta 0.5 for every tensor and the "
@@ -469,6 +490,8 @@ def run(ctx: Context) -> StudyResult:
             "a setting that would slow allocating steps if the timed process had it; CUDA: "
             "torch.cuda.max_memory_allocated). torch.optim's budget is one parameter-sized "
             "buffer (1.00).",
+            "Step times: the host's clock around each call; torch on a GPU: CUDA events "
+            "recorded before and after each call.",
             "First call: a fresh process's first step (torch: the native kernels built into an "
             "empty cache, or loaded from it; JAX: tracing and compiling the jitted step, with "
             "an empty or a filled persistent compilation cache), on "

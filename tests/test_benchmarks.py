@@ -59,3 +59,37 @@ def test_interleaved_medians_alternates_blocks_of_calls():
     calls.clear()
     interleaved_medians(fns, repeats=3, warmup=0)
     assert calls == ["a", "b"] * 3
+
+
+def test_interleaved_medians_takes_a_timer():
+    """A ``timer`` times each timed call (the medians are of its values; warm-up calls are not
+    timed), and torch work on a GPU is timed with CUDA events, elsewhere by the host's clock."""
+    from benchmarks._common import cuda_event_timer, interleaved_medians, torch_timer
+
+    seconds = iter([5.0, 1.0, 3.0, 2.0, 4.0, 6.0])
+    timed = []
+
+    def timer(fn):
+        fn()
+        timed.append(fn)
+        return next(seconds)
+
+    fns = {"a": lambda: "a", "b": lambda: "b"}
+    times = interleaved_medians(fns, repeats=3, warmup=2, timer=timer)
+    assert times == {"a": 4.0, "b": 2.0}  # a: 5, 3, 4; b: 1, 2, 6
+    assert [fn() for fn in timed] == ["a", "b"] * 3
+    assert torch_timer("cuda") is cuda_event_timer and torch_timer("cuda:1") is cuda_event_timer
+    assert torch_timer("cpu") is None
+
+
+def test_step_time_times_torchs_fused_path_beside_the_foreach_one():
+    """On request (by default on a GPU) the torch rows include torch.optim.Adam(fused=True),
+    counted at Adam's 28 bytes per parameter; on the CPU by default they do not."""
+    from benchmarks import step_time
+
+    sets = {"2 x (8x8)": [(8, 8)] * 2}
+    rows = step_time.torch_rows(sets, 2, "cpu", None, fused=True)
+    fused = [r for r in rows if r["impl"] == step_time.FUSED]
+    assert len(fused) == 1 and fused[0]["ms"] > 0
+    assert step_time.BYTES_PER_PARAM[step_time.form(step_time.FUSED)] == 28
+    assert step_time.FUSED not in {r["impl"] for r in step_time.torch_rows(sets, 2, "cpu", None)}
