@@ -844,13 +844,26 @@ def test_population_path_equals_closure_path():
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
 )
-def test_compiled_population_equals_the_eager_one_and_the_closure_path():
+@pytest.mark.parametrize("data", ["captured", "arguments"])
+def test_compiled_population_equals_the_eager_one_and_the_closure_path(data):
     """functional_population(..., compile=True): the same losses as the eager vmap for two
-    batch sizes (the second compiles again), and MGS steps equal to the closure path's."""
+    batch sizes (the second compiles again), and MGS steps equal to the closure path's; with
+    the data read from the enclosing scope (under torch.compile) and passed as arguments
+    (compiled without TorchDynamo)."""
     net, twin = mlp(), mlp()
-    eager = functional_population(twin, mse)
-    compiled = functional_population(twin, mse, compile=True)
-    assert compiled.compiled and not eager.compiled
+    loss, extra = mse, ()
+    if data == "arguments":
+        loss, extra = (lambda forward, x, y: (forward(x) - y).square().mean()), (X, Y)
+    eager_population = functional_population(twin, loss)
+    compiled_population = functional_population(twin, loss, compile=True)
+    assert compiled_population.compiled and not eager_population.compiled
+
+    def eager(stacked):
+        return eager_population(stacked, *extra)
+
+    def compiled(stacked):
+        return compiled_population(stacked, *extra)
+
     gen = torch.Generator().manual_seed(5)
     stacked = [
         p.detach() + 0.3 * torch.randn(6, *p.shape, generator=gen, dtype=F64)
