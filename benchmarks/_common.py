@@ -94,11 +94,14 @@ def interleaved_medians(
     still measured in alternation with the others); the median is over all ``repeats * block``
     timed calls."""
 
-    def clock(fn) -> float:
-        start = time.perf_counter()
+    def call(fn) -> None:
         out = fn()
         if sync is not None:
             sync(out)
+
+    def clock(fn) -> float:
+        start = time.perf_counter()
+        call(fn)
         return time.perf_counter() - start
 
     timer = clock if timer is None else timer
@@ -109,9 +112,7 @@ def interleaved_medians(
     for _ in range(repeats):
         for key, fn in fns.items():
             for _ in range(block_warmup):
-                out = fn()
-                if sync is not None:
-                    sync(out)
+                call(fn)
             times[key] += [timer(fn) for _ in range(block)]
     return {key: float(np.median(t)) for key, t in times.items()}
 

@@ -808,7 +808,7 @@ def c_torch(
     # The same evaluations back to back (each path repeated alone, caches warm from its own
     # previous call): what a tight loop sees, against the interleaved figures above, where
     # each call follows other work as inside a training step.
-    # The two bounds (not parts of a step) are timed the same way.
+    # The two limiting rows (not parts of a step) are timed the same way.
     alone = {f"{key}_hot": fns[key] for key in ("torch_eval_loop", "torch_eval_compiled")}
     alone["torch_eval_guarded_hot"] = lambda: evaluate(guarded)
     alone |= {"torch_eval_matmuls_hot": matmuls, "torch_compiled_call_hot": tiny_call}
@@ -1482,8 +1482,8 @@ def _c_note(timings: dict) -> str:
             "memory, the compiled evaluation took 4-5x its steady time; after 30 looped "
             "evaluations, a compiled call of one addition took 0.19 ms instead of 0.016): "
             "hence the gap between the interleaved and the back to back figures. Two rows "
-            "bound what a vectorized "
-            "evaluation can gain over the loop here: the batched matmuls alone (the same "
+            "show what limits a vectorized "
+            "evaluation's gain over the loop here: the batched matmuls alone (the same "
             "arithmetic as two baddbmm calls in the compiled population's layouts, with nothing "
             "around them) and a compiled call's "
             "fixed cost (the same compiled population over a 2-2-2 MLP, whose arithmetic is "
