@@ -136,7 +136,15 @@ SAME_MISTAKES = [
         ("loss_tied_ode", {"learning_rate": 0.1, "max_scale": -2.0}),
     ),
 ]
-RENAMES = {"lr": "learning_rate", "alpha": "decay"}
+# torch_opt words the arguments torch.optim's classes have as torch does ("Invalid learning
+# rate"); jax_opt names them as optax does. The rest of the message is the same.
+RENAMES = {
+    "learning rate": "learning_rate",
+    "alpha value": "decay",
+    "epsilon value": "eps",
+    "momentum value": "momentum",
+    "weight_decay value": "weight_decay",
+}
 
 
 @pytest.mark.parametrize(("torch_call", "jax_call"), SAME_MISTAKES)
@@ -418,4 +426,5 @@ def test_mgs_lr_with_a_base_is_worded_the_same(both):
         torch_b.mod.MGS([p], torch_b.torch.optim.SGD([p], lr=0.1), lr=0.5)
     with pytest.raises(ValueError) as jax_err:
         jax_b.mod.mgs(optax.sgd(0.1), lr=0.5)
-    assert str(torch_err.value) == str(jax_err.value)
+    torch_msg = str(torch_err.value).replace("Invalid learning rate:", "Invalid lr:")
+    assert torch_msg == str(jax_err.value)

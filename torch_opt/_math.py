@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _foreach_supported_types
 
-from twinopt._checks import check_positive
+from torch_opt._compat import foreach_supported
+from twinopt._checks import check_positive, fail
+
+# torch's wording for the arguments that torch.optim's classes also have ("Invalid learning
+# rate: -0.1"); torch_opt's shells name these arguments so, and their own arguments as
+# twinopt._checks does for both packages ("Invalid max_scale: -1.0 (must be >= 0)").
+TORCH_WORDING = {
+    "lr": "learning rate",
+    "eps": "epsilon value",
+    "momentum": "momentum value",
+    "weight_decay": "weight_decay value",
+    "alpha": "alpha value",
+}
+
+# Keys torch's own LR schedulers and wrappers write into param groups (LRScheduler,
+# OneCycleLR, CyclicLR, SWALR): a group that carries them is accepted by every optimizer here.
+SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum", "swa_lr")
 
 
 def stat_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
@@ -59,11 +75,49 @@ def sparse_grad_error(owner: str, param_groups: list[dict], group: dict, index: 
 
 
 def default_foreach(params: Sequence[Tensor], differentiable: bool) -> bool:
-    """Whether ``foreach=None`` takes the ``torch._foreach_*`` path: wherever it can run (every
-    tensor of a type foreach supports, not ``differentiable``), on every device. torch.optim
-    picks it only on accelerators; on the CPU our foreach path measured faster than the
-    per-tensor kernels (benchmarks/README.md)."""
-    return not differentiable and all(type(p) in _foreach_supported_types for p in params)
+    """Whether ``foreach=None`` takes the ``torch._foreach_*`` path for the tensors the native
+    kernels do not take: wherever it can run (every tensor of a type foreach supports, not
+    ``differentiable``)."""
+    return not differentiable and foreach_supported(list(params))
+
+
+def scalar_dtype() -> torch.dtype:
+    """The dtype of a ``step`` counter: float64 where the default dtype is float64, else float32
+    (as torch.optim's optimizers create it)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def grad_mode_of_step(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate an optimizer's ``step``: gradients off, unless the optimizer was built with
+    ``differentiable=True`` (then autograd records the step). Written as a ``with`` block, which
+    TorchDynamo traces (``torch.compile(opt.step)``)."""
+
+    @functools.wraps(step)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            return step(self, *args, **kwargs)
+
+    return wrapper
+
+
+def by_device_and_dtype(lists: Sequence[Sequence[Any]]) -> list[list[list[Any]]]:
+    """Parallel ``lists`` (the first holds tensors; empty lists stay empty) split into groups
+    of the same device and dtype of the first list's tensors, in order of first appearance."""
+    order: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(lists[0]):
+        order.setdefault((t.device, t.dtype), []).append(i)
+    return [[[x[i] for i in idx] if x else [] for x in lists] for idx in order.values()]
+
+
+def check_group_keys(owner: str, group: dict[str, Any], known: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming the first key of ``group`` that ``owner`` does not know:
+    not ``params``/``param_names``, not one of its options ``known``, not a key torch's LR
+    schedulers write (:data:`SCHEDULER_KEYS`). Nothing in a param group is silently ignored."""
+    allowed = {"params", "param_names", *SCHEDULER_KEYS, *known}
+    for key in group:
+        if key not in allowed:
+            options = ", ".join(sorted(k for k in known))
+            raise fail("param group key", key, f"one of {owner}'s options: {options}")
 
 
 def resolve_scale(arg: str, value: Any, fn: Any, name: str, param: Tensor) -> Any:

@@ -455,12 +455,15 @@ def test_differentiable_step_has_torch_rmsprop_gradients():
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"lr": -0.1}, "Invalid lr: -0.1 (must be >= 0)"),
-        ({"eps": -1e-8}, "Invalid eps: -1e-08 (must be >= 0)"),
-        ({"alpha": 1.0}, "Invalid alpha: 1.0 (must be in [0, 1))"),
-        ({"alpha": -0.5}, "Invalid alpha: -0.5 (must be in [0, 1))"),
-        ({"momentum": -0.9}, "Invalid momentum: -0.9 (must be >= 0)"),
-        ({"weight_decay": -1.0}, "Invalid weight_decay: -1.0 (must be >= 0)"),
+        # torch's wording for torch's arguments (torch.optim.RMSprop's messages are prefixes)
+        ({"lr": -0.1}, "Invalid learning rate: -0.1 (must be >= 0)"),
+        ({"eps": -1e-8}, "Invalid epsilon value: -1e-08 (must be >= 0)"),
+        ({"alpha": 1.0}, "Invalid alpha value: 1.0 (must be in [0, 1))"),
+        ({"alpha": -0.5}, "Invalid alpha value: -0.5 (must be in [0, 1))"),
+        ({"momentum": -0.9}, "Invalid momentum value: -0.9 (must be >= 0)"),
+        ({"weight_decay": -1.0}, "Invalid weight_decay value: -1.0 (must be >= 0)"),
+        # twinopt's wording for its own
+        ({"initial_scale": -1.0}, "Invalid initial_scale: -1.0 (must be >= 0)"),
         (
             {"scale": "layerwise"},
             "Invalid scale: 'layerwise' (must be one of 'elementwise', 'global')",
@@ -479,8 +482,23 @@ def test_bad_hyperparameters_raise_value_errors_naming_them(kw, message):
 
 
 def test_bad_param_group_value_is_rejected_at_construction():
-    with pytest.raises(ValueError, match=r"Invalid alpha: 1\.5"):
+    with pytest.raises(ValueError, match=r"Invalid alpha value: 1\.5"):
         RMSpropODE([{"params": [torch.zeros(1, requires_grad=True)], "alpha": 1.5}])
+
+
+@pytest.mark.parametrize("kw", [{"momentum": -1.0}, {"lr": -1.0}, {"alpha": 2.0}])
+def test_arguments_are_checked_before_params_is_read(kw):
+    """As torch.optim.RMSprop: a bad argument is reported even where ``params`` is not valid
+    (torch's OptimizerInfo error inputs pass ``params=None``), in the same words."""
+    name = next(iter(kw))
+    with pytest.raises(ValueError) as ours:
+        RMSpropODE(None, **kw)
+    if name == "alpha":  # torch accepts alpha >= 1; RMSpropODE's EMA needs alpha < 1
+        assert str(ours.value) == "Invalid alpha value: 2.0 (must be in [0, 1))"
+        return
+    with pytest.raises(ValueError) as theirs:
+        torch.optim.RMSprop(None, **kw)
+    assert str(ours.value).startswith(str(theirs.value) + " (must be")
 
 
 def test_capturable_is_not_implemented():

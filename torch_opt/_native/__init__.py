@@ -1,22 +1,24 @@
-"""The native CPU kernels of the default step paths: built on first use, called through ctypes.
+"""The native CPU kernels of the default step paths: built on first use, registered as torch ops.
 
 An optimizer step is memory-bound. torch's ``_foreach_*`` chain on the CPU makes one pass over
 memory per operation (five or more for RMSprop); ``kernels.c`` makes one, reading every operand
-and writing every result once, with torch's per-element operations in torch's order. The
-measurements that chose this over ``torch.compile`` and over the foreach chain are in
-benchmarks/README.md.
+and writing every result once, with torch's per-element operations in torch's order.
 
 The library is compiled once per machine with the system C compiler (``$CC``, else ``cc``) into
 a cache directory (``$TWINOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/twinopt``, else
 ``~/.cache/twinopt``; where that cannot be written, a private directory under the temporary
 directory), under a name that hashes the source, the flags, the compiler and the CPU's feature
-flags, so later processes load it without compiling. Where it cannot be built
-(no compiler), the optimizers fall back to their ``torch._foreach_*`` path with one warning per
-process. ``TWINOPT_NATIVE=0`` turns the native kernels off (no compiler is ever run).
+flags, so later processes load it without compiling. It is loaded with ctypes, every function's
+signature declared (:data:`SIGNATURES`). Where it cannot be built (no compiler), the optimizers
+take their ``torch._foreach_*`` path with one warning per process. ``TWINOPT_NATIVE=0`` turns
+the native kernels off (no compiler is ever run).
 
-Only plain, contiguous, dense float32/float64 CPU tensors take these kernels; everything else
-(other dtypes and devices, DTensor, ``differentiable``) keeps the torch path. ``MGS`` uses the
-library for its proposal (3)-(4) the same way (``sampling.py``).
+The kernels reach the optimizers as torch custom ops (``torch.library.custom_op``: a schema,
+the arguments they mutate, a fake implementation for tracing), defined next to the math they
+implement (``rmsprop_ode.py``, ``amos.py``, ``sampling.py``): ``torch.compile(opt.step)``
+keeps them in its graph, and autograd's version counters see the mutations. Only plain,
+contiguous, dense float32/float64 CPU tensors take them (:func:`eligible`); everything else
+(other dtypes and devices, DTensor, ``differentiable``) keeps the torch path.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import Tensor
 
 __all__ = [
     "NativeUnavailableWarning",
+    "available",
     "build_seconds",
     "eligible",
     "library",
@@ -72,6 +75,48 @@ class AmosHyper(ctypes.Structure):
 
 class AmosTensor(ctypes.Structure):
     _fields_ = [(name, ctypes.c_double) for name in ("bias", "init_lr", "d_sqrt_init_lr")]
+
+
+_INT, _I64, _F64, _DATA = ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+_TENSORS = ctypes.POINTER(ctypes.c_void_p)  # T **: one data pointer per tensor
+_NUMELS = ctypes.POINTER(ctypes.c_int64)
+_DOUBLES = ctypes.POINTER(ctypes.c_double)
+_AMOS = [ctypes.POINTER(AmosTensor), ctypes.POINTER(AmosHyper)]
+
+# The signature of every function kernels.c exports (per dtype suffix), as its C declaration
+# reads: ctypes then checks each call's arguments and never guesses a type.
+SIGNATURES: dict[str, list] = {
+    "rmsprop": [_INT, _I64, *[_TENSORS] * 5, _NUMELS, _DOUBLES, *[_F64] * 5, _INT],
+    "global_norms": [_INT, _I64, *[_TENSORS] * 3, _NUMELS, _F64, _F64, _DOUBLES, _INT],
+    "global_apply": [_INT, _I64, *[_TENSORS] * 3, _NUMELS, *[_F64] * 4, _INT],
+    "amos_full": [_INT, _I64, *[_TENSORS] * 5, _NUMELS, *_AMOS, _INT],
+    "amos_scalar": [_INT, _I64, *[_TENSORS] * 5, _NUMELS, *_AMOS, _DOUBLES, *[_DATA] * 3, _INT],
+    "mgs_propose": [
+        _I64,
+        _I64,
+        _INT,
+        *[_TENSORS] * 3,
+        _NUMELS,
+        _DATA,
+        _DATA,
+        ctypes.POINTER(ctypes.c_uint8),
+        _DATA,
+        _DATA,
+        _INT,
+    ],
+}
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare every exported function's argument and result types on ``lib``."""
+    lib.twinopt_abi.argtypes = []
+    lib.twinopt_abi.restype = ctypes.c_int
+    for name, argtypes in SIGNATURES.items():
+        for suffix in DTYPES.values():
+            fn = getattr(lib, f"twinopt_{name}_{suffix}")
+            fn.argtypes = argtypes
+            fn.restype = None
+    return lib
 
 
 _lock = threading.Lock()
@@ -157,7 +202,7 @@ def _build() -> ctypes.CDLL:
         try:
             if not target.exists():
                 _compile(cc, flags, target)
-            lib = ctypes.CDLL(str(target))
+            lib = _declare(ctypes.CDLL(str(target)))
             if lib.twinopt_abi() != ABI:
                 raise OSError(f"{target} has ABI {lib.twinopt_abi()}, expected {ABI}")
             return lib
@@ -194,6 +239,13 @@ def library() -> ctypes.CDLL | None:
         return lib
 
 
+def available() -> bool:
+    """Whether the native kernels are loaded (building them on the first call)."""
+    if "lib" not in _state:
+        library()
+    return _state["lib"] is not None
+
+
 def build_seconds() -> float | None:
     """Seconds the first :func:`library` call took (compiling or loading from the cache), or
     ``None`` before that call."""
@@ -224,9 +276,9 @@ def eligible(tensors: list[Tensor | None]) -> bool:
 
 
 def pointers(tensors: list[Tensor] | None, n: int) -> ctypes.Array:
-    """The data pointers of ``tensors`` as a C array (of ``n`` nulls for ``None``)."""
+    """The data pointers of ``tensors`` as a C array (of ``n`` nulls for ``None`` or ``[]``)."""
     array = ctypes.c_void_p * n
-    if tensors is None:
+    if not tensors:
         return array()
     return array(*[t.data_ptr() for t in tensors])
 

@@ -12,9 +12,22 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from torch_opt._math import as_real, sparse_grad_error
+from torch_opt._math import (
+    TORCH_WORDING,
+    as_real,
+    check_group_keys,
+    grad_mode_of_step,
+    sparse_grad_error,
+)
 from torch_opt.rmsprop_ode.kernels import loss_tied_direction
 from twinopt._checks import check_nonnegative, missing_loss
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    if isinstance(group["lr"], Tensor) and group["lr"].numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    check_nonnegative(TORCH_WORDING["lr"], group["lr"])
+    check_nonnegative("max_scale", group["max_scale"])
 
 
 class LossTiedODE(Optimizer):
@@ -43,17 +56,16 @@ class LossTiedODE(Optimizer):
         max_scale: float = 1000.0,
         min_loss: float = 0.0,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        super().__init__(params, {"lr": lr, "max_scale": max_scale, "min_loss": min_loss})
+        defaults = {"lr": lr, "max_scale": max_scale, "min_loss": min_loss}
+        _check_group(defaults)  # before params is read
+        super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        merged = {**self.defaults, **param_group}
-        check_nonnegative("lr", merged["lr"])
-        check_nonnegative("max_scale", merged["max_scale"])
+        check_group_keys("LossTiedODE", param_group, self.defaults)
+        _check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
-    @torch.no_grad()
+    @grad_mode_of_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Perform one loss-tied step.
 

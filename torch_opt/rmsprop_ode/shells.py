@@ -11,14 +11,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import (
-    Optimizer,
-    ParamsT,
-    _get_scalar_dtype,
-    _use_grad_for_differentiable,
-)
+from torch.optim.optimizer import Optimizer, ParamsT
 
-from torch_opt._math import as_real, default_foreach, sparse_grad_error, stat_dtype
+from torch_opt import _native as native
+from torch_opt._math import (
+    TORCH_WORDING,
+    as_real,
+    check_group_keys,
+    default_foreach,
+    grad_mode_of_step,
+    scalar_dtype,
+    sparse_grad_error,
+    stat_dtype,
+)
 from torch_opt._native.rmsprop_ode import native_rmsprop_ode
 from torch_opt.rmsprop_ode._foreach import _multi_tensor_rmsprop_ode
 from torch_opt.rmsprop_ode.kernels import (
@@ -28,13 +33,19 @@ from torch_opt.rmsprop_ode.kernels import (
 )
 from twinopt._checks import check_choice, check_decay, check_nonnegative, fail
 
+# The group keys RMSpropODE keeps besides its options: the global second moment and its count.
+_GLOBAL_KEYS = ("global_sq_avg", "global_step")
+
 
 def _check_rmsprop_group(group: dict) -> None:
-    check_nonnegative("lr", group["lr"])
-    check_nonnegative("eps", group["eps"])
-    check_decay("alpha", group["alpha"])
-    check_nonnegative("weight_decay", group["weight_decay"])
-    check_nonnegative("momentum", group["momentum"])
+    """The checks of every option; torch's wording for the arguments torch's RMSprop has."""
+    if isinstance(group["lr"], Tensor) and group["lr"].numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    check_nonnegative(TORCH_WORDING["lr"], group["lr"])
+    check_nonnegative(TORCH_WORDING["eps"], group["eps"])
+    check_nonnegative(TORCH_WORDING["momentum"], group["momentum"])
+    check_nonnegative(TORCH_WORDING["weight_decay"], group["weight_decay"])
+    check_decay(TORCH_WORDING["alpha"], group["alpha"])
     check_nonnegative("initial_scale", group["initial_scale"])
     check_choice("scale", group["scale"], SCALES)
     if group["capturable"]:
@@ -44,6 +55,18 @@ def _check_rmsprop_group(group: dict) -> None:
         )
     if group["differentiable"] and group["foreach"]:
         raise fail("foreach", group["foreach"], "False or None when differentiable=True")
+
+
+def _init_global_state(group: dict) -> None:
+    """A ``scale="global"`` group's second moment and its count, created with the group (not
+    inside a step, where torch.compile would trace a change to the param group)."""
+    if group["scale"] != "global" or "global_sq_avg" in group or not group["params"]:
+        return
+    params = group["params"]
+    group["global_sq_avg"] = torch.full(
+        (), float(group["initial_scale"]), dtype=stat_dtype(params), device=params[0].device
+    )
+    group["global_step"] = torch.zeros((), dtype=scalar_dtype())
 
 
 class RMSpropODE(Optimizer):
@@ -76,11 +99,11 @@ class RMSpropODE(Optimizer):
         foreach: ``True``: the ``torch._foreach_*`` path, torch's own operations in torch's
             order, so ``torch.optim.RMSprop`` to the bit. ``None`` (default): plain contiguous
             float32/float64 CPU tensors take the native kernels (``torch_opt/_native``: one
-            fused pass, about 3-6x faster than torch's foreach step on the CPU; the same
-            operations with an IEEE square root, where torch's MKL sqrt differs in the last bit
-            for some entries), every other tensor the foreach path; without a C compiler all
-            take the foreach path, with one warning. ``False``: the per-tensor reference
-            kernels.
+            fused pass over memory, as a torch custom op; the same operations with an IEEE
+            square root, where torch's MKL sqrt differs in the last bit for some entries),
+            every other tensor the foreach path (GPUs, other dtypes, DTensor); without a C
+            compiler all take the foreach path, with one warning. ``False``: the per-tensor
+            reference kernels.
         maximize: Maximize the objective (``p.grad`` is never modified).
         differentiable: Let autograd track the step (uses the per-tensor kernels).
         scale: ``"elementwise"`` or ``"global"``.
@@ -118,8 +141,6 @@ class RMSpropODE(Optimizer):
         bias_correction: bool = False,
         initial_scale: float = 0.0,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -136,12 +157,16 @@ class RMSpropODE(Optimizer):
             "bias_correction": bias_correction,
             "initial_scale": initial_scale,
         }
+        _check_rmsprop_group(defaults)  # before params is read, as torch's RMSprop does
         super().__init__(params, defaults)
+        if foreach is None and any(p.is_cpu for g in self.param_groups for p in g["params"]):
+            native.available()  # build or load the native kernels now, not inside a step
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        merged = {**self.defaults, **param_group}
-        _check_rmsprop_group(merged)
+        check_group_keys("RMSpropODE", param_group, [*self.defaults, *_GLOBAL_KEYS])
+        _check_rmsprop_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
+        _init_global_state(self.param_groups[-1])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -159,12 +184,11 @@ class RMSpropODE(Optimizer):
                 ("initial_scale", 0.0),
             ):
                 group.setdefault(key, value)
+            _init_global_state(group)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if "step" in p_state and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = torch.tensor(
-                        float(p_state["step"]), dtype=_get_scalar_dtype()
-                    )
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=scalar_dtype())
 
     def _init_group(self, group, params, grads, square_avgs, grad_avgs, momentum_bufs, steps):
         """Collect the params with gradients and their state, creating state lazily."""
@@ -178,7 +202,7 @@ class RMSpropODE(Optimizer):
             grads.append(p.grad)
             state = self.state[p]
             if "step" not in state:
-                state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+                state["step"] = torch.zeros((), dtype=scalar_dtype())
             if elementwise and "square_avg" not in state:
                 state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if group["initial_scale"] != 0:
@@ -195,20 +219,7 @@ class RMSpropODE(Optimizer):
             if group["momentum"] > 0:
                 momentum_bufs.append(state["momentum_buffer"])
 
-    @staticmethod
-    def _global_state(group: dict, params: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """The group's global second moment and its count, created on first use."""
-        if "global_sq_avg" not in group:
-            group["global_sq_avg"] = torch.full(
-                (),
-                float(group["initial_scale"]),
-                dtype=stat_dtype(params),
-                device=params[0].device,
-            )
-            group["global_step"] = torch.zeros((), dtype=_get_scalar_dtype())
-        return group["global_sq_avg"], group["global_step"]
-
-    @_use_grad_for_differentiable
+    @grad_mode_of_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step.
 
@@ -234,7 +245,7 @@ class RMSpropODE(Optimizer):
                 continue
             global_state = None
             if group["scale"] == "global":
-                global_state = self._global_state(group, params)
+                global_state = group["global_sq_avg"], group["global_step"]
             lists = [params, grads, square_avgs, grad_avgs, momentum_bufs, steps]
             hyper = {
                 key: group[key]
