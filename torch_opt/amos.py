@@ -44,7 +44,17 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from torch_opt._math import resolve_scale, sparse_grad_error, stat_dtype
+from torch_opt import _native as native
+from torch_opt._math import (
+    TORCH_WORDING,
+    by_device_and_dtype,
+    check_group_keys,
+    default_foreach,
+    grad_mode_of_step,
+    resolve_scale,
+    sparse_grad_error,
+    stat_dtype,
+)
 from torch_opt._native.amos import native_amos
 from twinopt._checks import check_decay, check_nonnegative, check_positive, fail
 
@@ -117,28 +127,6 @@ def amos_update(
 # -------------------------------------------------------------------------------------- shells
 
 
-# Entries per run of the large-tensor path (512 KiB of float32, the fastest of 2^16..2^20 for a
-# 4096x4096 step on the 2-core CPU): a tensor with element-wise state and more entries than
-# this is stepped run by run (see ``Amos._step_in_runs``).
-_RUN = 1 << 17
-
-
-def _runs_apply(p: Tensor, state: dict) -> bool:
-    """Whether ``p`` takes the run-by-run path: element-wise state, large, all contiguous,
-    plain tensors (not an FSDP2 shard), dense gradient."""
-    v = state["v"]
-    tensors = [p, p.grad, v, state["b"]]
-    if "momentum_buffer" in state:
-        tensors.append(state["momentum_buffer"])
-    return (
-        p.numel() > _RUN
-        and v.shape == p.shape
-        and not _is_dtensor(p)
-        and not p.grad.is_sparse
-        and all(t.is_contiguous() for t in tensors)
-    )
-
-
 def _is_dtensor(t: Any) -> bool:
     """Whether ``t`` is a ``DTensor`` (an FSDP2 shard), without importing torch.distributed."""
     return type(t).__name__ == "DTensor" and hasattr(t, "full_tensor")
@@ -160,9 +148,14 @@ def check_state_shape(name: str, param_shape: tuple[int, ...], shape: Any) -> tu
 
 
 def _check_amos_group(group: dict) -> None:
-    check_nonnegative("lr", group["lr"])
-    if group["eta"] is not None:
-        check_positive("eta", group["eta"])
+    if isinstance(group["lr"], Tensor) and group["lr"].numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    check_nonnegative(TORCH_WORDING["lr"], group["lr"])
+    eta, shape = group["eta"], group["shape"]
+    if eta is not None and not callable(eta):
+        check_positive("eta", eta)
+    if shape is not None and not callable(shape) and not isinstance(shape, tuple | list):
+        raise fail("shape", shape, "None, a callable (name, param) -> shape, or a tuple")
     check_decay("beta", group["beta"])
     check_decay("momentum", group["momentum"])
     if group["clip_value"] is not None:
@@ -171,6 +164,8 @@ def _check_amos_group(group: dict) -> None:
     check_nonnegative("c_coef", group["c_coef"])
     check_nonnegative("d_coef", group["d_coef"])
     check_nonnegative("eps", group["eps"])
+    if group["foreach"] not in (None, True, False):
+        raise fail("foreach", group["foreach"], "None, True or False")
 
 
 class Amos(Optimizer):
@@ -178,20 +173,21 @@ class Amos(Optimizer):
 
     ``lr`` is the global learning rate ``xi`` (about 1/sqrt(number of independent batches)), so
     torch's LR schedulers drive it. Each parameter has a model-oriented scale ``eta`` (the
-    expected magnitude of its trained entries) and a state shape, both resolved once, at
-    construction, into the parameter's state (``"eta"``, ``"v"``, ``"b"``, with ``"step"`` and,
-    once ``momentum`` is non-zero, ``"momentum_buffer"``), so ``state_dict()`` holds only
-    tensors and numbers.
+    expected magnitude of its trained entries) and a state shape, both resolved once, when its
+    param group is added, into the parameter's state (``"eta"``, ``"v"``, ``"b"``, with
+    ``"step"`` and, once ``momentum`` is non-zero, ``"momentum_buffer"``), so ``state_dict()``
+    holds only tensors and numbers.
 
-    - ``eta``: a float (every parameter), a per-group ``"eta"`` key, or a callable
-      ``(name, param) -> float``; by default the parameter's RMS at construction, or 0.5 when it
-      is all zeros (a zero-initialized bias).
-    - ``shape``: a callable ``(name, param) -> shape`` for ``v`` and ``b``: the parameter's rank
-      with some axes reduced to 1 (``v`` then holds means over them), or ``()`` for one value
-      per tensor; by default the parameter's shape.
+    - ``eta``: a float, or a callable ``(name, param) -> float``; by default (``None``) the
+      parameter's RMS at construction, or 0.5 when it is all zeros (a zero-initialized bias).
+    - ``shape``: a callable ``(name, param) -> shape`` or one shape for every parameter of
+      the group: the parameter's rank with some axes reduced to 1 (``v`` then holds means over
+      them), or ``()`` for one value per tensor; by default (``None``) the parameter's shape.
 
+    Both may also be given per param group (``{"params": ..., "eta": fn, "shape": ()}``).
     Callables receive the name ``named_parameters()`` gave (pass ``model.named_parameters()``)
-    or, for unnamed parameters, the parameter's index in its group as a string.
+    or, for unnamed parameters, the parameter's index in its group as a string. Being
+    resolved into the state, callables are not saved: ``state_dict()`` lists them as ``None``.
 
     ``momentum`` is the reference's EMA of the updates (9), like Adam's ``beta1``: schedulers
     that cycle ``"momentum"`` (OneCycleLR, CyclicLR) drive it, which is intended; its buffer is
@@ -200,12 +196,6 @@ class Amos(Optimizer):
     For bf16 and fp16 parameters all state (momentum included) is float32 and the update is
     computed in float32 and rounded once into the parameter; ``load_state_dict`` keeps it
     float32 (torch's would cast it to the parameter's dtype).
-
-    Plain contiguous float32/float64 CPU parameters with element-wise state or state shape
-    ``()`` are stepped by the native kernels (``torch_opt/_native``: one pass over memory, equal
-    to :func:`amos_update` in float64 up to rounding); every other parameter by
-    :func:`amos_update`. Without a C compiler (one warning) or with ``TWINOPT_NATIVE=0`` all
-    take :func:`amos_update`.
 
     Args:
         params: Parameters, named parameters or param groups.
@@ -220,6 +210,14 @@ class Amos(Optimizer):
         c_coef: Coefficient of the weight-decay decay factor ``c_t``.
         d_coef: Coefficient of the learning-rate decay factor ``d_t``.
         eps: Floor of ``v``.
+        foreach: ``None`` (default): plain contiguous float32/float64 CPU parameters with
+            element-wise state or state shape ``()`` take the native kernels
+            (``torch_opt/_native``: one pass over memory, as a torch custom op; equal to
+            :func:`amos_update` in float64 up to rounding), every other parameter the
+            ``torch._foreach_*`` path (GPUs, other dtypes, reduced shapes, DTensor); without a
+            C compiler (one warning) or with ``TWINOPT_NATIVE=0`` all take the foreach path.
+            ``True``: the foreach path for every parameter. ``False``: the per-tensor
+            reference, :func:`amos_update`.
 
     .. warning::
         State that is not parameter-shaped (``shape`` reducing an axis) is not accepted by
@@ -237,7 +235,7 @@ class Amos(Optimizer):
         lr: float | Tensor,
         *,
         eta: float | Callable[[str, Tensor], float] | None = None,
-        shape: Callable[[str, Tensor], tuple[int, ...]] | None = None,
+        shape: Callable[[str, Tensor], tuple[int, ...]] | tuple[int, ...] | None = None,
         beta: float = 0.999,
         momentum: float = 0.0,
         clip_value: float | None = None,
@@ -245,14 +243,12 @@ class Amos(Optimizer):
         c_coef: float = 0.25,
         d_coef: float = 0.25,
         eps: float = 2**-125,
+        foreach: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        self._eta_fn = eta if callable(eta) else None
-        self._shape_fn = shape
         defaults = {
             "lr": lr,
-            "eta": None if callable(eta) else eta,
+            "eta": eta,
+            "shape": shape,
             "beta": beta,
             "momentum": momentum,
             "clip_value": clip_value,
@@ -260,17 +256,21 @@ class Amos(Optimizer):
             "c_coef": c_coef,
             "d_coef": d_coef,
             "eps": eps,
+            "foreach": foreach,
         }
+        _check_amos_group(defaults)  # before params is read
         super().__init__(params, defaults)
+        if foreach is None and any(p.is_cpu for g in self.param_groups for p in g["params"]):
+            native.available()  # build or load the native kernels now, not inside a step
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        check_group_keys("Amos", param_group, self.defaults)
         _check_amos_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         names = group.get("param_names")
         for i, p in enumerate(group["params"]):
-            name = names[i] if names is not None else str(i)
-            self._init_state(p, name, group)
+            self._init_state(p, names[i] if names is not None else str(i), group)
 
     def _init_state(self, p: Tensor, name: str, group: dict) -> None:
         """Resolve ``eta`` and the state shape of one parameter into its state."""
@@ -281,10 +281,18 @@ class Amos(Optimizer):
                 "torch.view_as_real(p) instead"
             )
         dtype = stat_dtype([p])
-        eta = resolve_scale("eta", group["eta"], self.__dict__.get("_eta_fn"), name, p)
+        eta_rule, shape_rule = group["eta"], group["shape"]
+        eta = resolve_scale(
+            "eta",
+            None if callable(eta_rule) else eta_rule,
+            eta_rule if callable(eta_rule) else None,
+            name,
+            p,
+        )
         shape = tuple(p.shape)
-        if self.__dict__.get("_shape_fn") is not None:
-            shape = check_state_shape(f"parameter {name!r}", shape, self._shape_fn(name, p))
+        if shape_rule is not None:
+            rule = shape_rule(name, p) if callable(shape_rule) else shape_rule
+            shape = check_state_shape(f"parameter {name!r}", shape, rule)
         sharded = _is_dtensor(p)
         if sharded and shape != tuple(p.shape):
             raise TypeError(
@@ -304,6 +312,23 @@ class Amos(Optimizer):
             "b": v.clone(),
         }
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("shape", None)
+            group.setdefault("foreach", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, with callable ``eta`` and ``shape`` rules listed as ``None``
+        (their values are in each parameter's state), so that it pickles and loads with
+        ``torch.load(weights_only=True)``."""
+        state = super().state_dict()
+        for group in state["param_groups"]:
+            for key in ("eta", "shape"):
+                if callable(group.get(key)):
+                    group[key] = None
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch does, but keep the state in its own dtype (float32 for bf16/fp16
         parameters) instead of casting it to the parameter's."""
@@ -315,35 +340,7 @@ class Amos(Optimizer):
                 if key != "step" and torch.is_tensor(value) and value.is_floating_point():
                     self.state[p][key] = value.to(device=p.device, dtype=stat_dtype([p]))
 
-    def _step_in_runs(
-        self, p: Tensor, state: dict, xi: float, clip: Any, mu: float, hyper: dict
-    ) -> None:
-        """The same step on a large tensor with element-wise state, run by run of ``_RUN``
-        entries: every entry goes through the same operations as in the whole-tensor step
-        (so the result is identical), but each temporary is small instead of a fresh
-        parameter-sized buffer per operation."""
-        v_all, b_all = state["v"], state["b"]
-        if mu > 0 or "momentum_buffer" in state:
-            state.setdefault("momentum_buffer", torch.zeros_like(p, dtype=v_all.dtype))
-        buf_all = state.get("momentum_buffer")
-        runs = [t.view(-1).split(_RUN) for t in (p, p.grad, v_all, b_all)]
-        bufs = buf_all.view(-1).split(_RUN) if buf_all is not None else [None] * len(runs[0])
-        for pr, gr, vr, br, mr in zip(*runs, bufs, strict=True):
-            if clip is not None and clip > 0:
-                gr = gr.clamp(-clip, clip)  # (0)
-            update, v, b = amos_update(
-                gr, pr, vr, br, lr=xi, eta=state["eta"], count=state["step"], **hyper
-            )
-            vr.copy_(v)
-            br.copy_(b)
-            if mr is not None:
-                update = mr.mul_(mu).add_(update, alpha=1 - mu)  # (9)
-            if pr.dtype == update.dtype:
-                pr.add_(update)
-            else:
-                pr.copy_(pr.to(update.dtype).add_(update))
-
-    @torch.no_grad()
+    @grad_mode_of_step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one Amos step.
 
@@ -358,9 +355,9 @@ class Amos(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            xi = float(group["lr"])
-            clip, mu = group["clip_value"], group["momentum"]
             hyper = {k: group[k] for k in ("beta", "extra_l2", "c_coef", "d_coef", "eps")}
+            clip, mu, foreach = group["clip_value"], group["momentum"], group["foreach"]
+            clip = clip if clip is not None and clip > 0 else None
             stepping = []
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
@@ -368,35 +365,106 @@ class Amos(Optimizer):
                 if p.grad.is_sparse:
                     raise sparse_grad_error("Amos", self.param_groups, group, i)
                 stepping.append(p)
-            rest = native_amos(
-                stepping, [self.state[p] for p in stepping], xi=xi, clip=clip, mu=mu, hyper=hyper
-            )
-            for p in (stepping[i] for i in rest):
-                state = self.state[p]
-                state["step"] += 1
-                if _runs_apply(p, state):
-                    self._step_in_runs(p, state, xi, clip, mu, hyper)
-                    continue
-                grad = p.grad
-                if clip is not None and clip > 0:
-                    grad = grad.clamp(-clip, clip)  # (0)
-                update, v, b = amos_update(
-                    grad,
-                    p,
-                    state["v"],
-                    state["b"],
-                    lr=xi,
-                    eta=state["eta"],
-                    count=state["step"],
-                    **hyper,
-                )
-                state["v"].copy_(v)
-                state["b"].copy_(b)
-                if mu > 0 or "momentum_buffer" in state:
-                    buf = state.setdefault("momentum_buffer", torch.zeros_like(update))
-                    update = buf.mul_(mu).add_(update, alpha=1 - mu)  # (9)
-                if p.dtype == update.dtype:
-                    p.add_(update)
-                else:  # computed in float32, rounded once into the parameter
-                    p.copy_(p.to(update.dtype).add_(update))
+                step = self.state[p]["step"]
+                if not isinstance(step, Tensor):  # a checkpoint with Python-number steps
+                    self.state[p]["step"] = torch.tensor(float(step), dtype=torch.float32)
+            # (9)'s buffer, for every stepping parameter once any needs one (a parameter
+            # without one steps as with a fresh one at momentum 0: the same update)
+            if mu > 0 or any("momentum_buffer" in self.state[p] for p in stepping):
+                for p in stepping:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p, dtype=state["v"].dtype)
+            states = [self.state[p] for p in stepping]
+            if foreach is None:
+                rest = native_amos(stepping, states, lr=group["lr"], clip=clip, mu=mu, **hyper)
+                stepping, states = [stepping[i] for i in rest], [states[i] for i in rest]
+                foreach = default_foreach(stepping, False)
+            if not stepping:
+                continue
+            impl = _multi_tensor_amos if foreach else _single_tensor_amos
+            impl(stepping, states, xi=float(group["lr"]), clip=clip, mu=mu, hyper=hyper)
         return loss
+
+
+def _apply(p: Tensor, update: Tensor) -> None:
+    """``p += update``; computed in float32 for half parameters, rounded once into ``p``."""
+    if p.dtype == update.dtype:
+        p.add_(update)
+    else:
+        p.copy_(p.to(update.dtype).add_(update))
+
+
+def _single_tensor_amos(
+    params: list[Tensor], states: list[dict], *, xi: float, clip: Any, mu: float, hyper: dict
+) -> None:
+    """The readable reference path: :func:`amos_update`, tensor by tensor."""
+    for p, state in zip(params, states, strict=True):
+        state["step"] += 1
+        grad = p.grad if clip is None else p.grad.clamp(-clip, clip)  # (0)
+        update, v, b = amos_update(
+            grad, p, state["v"], state["b"], lr=xi, eta=state["eta"], count=state["step"], **hyper
+        )
+        state["v"].copy_(v)
+        state["b"].copy_(b)
+        if "momentum_buffer" in state:
+            update = state["momentum_buffer"].mul_(mu).add_(update, alpha=1 - mu)  # (9)
+        _apply(p, update)
+
+
+def _multi_tensor_amos(
+    params: list[Tensor], states: list[dict], *, xi: float, clip: Any, mu: float, hyper: dict
+) -> None:
+    """The ``torch._foreach_*`` path, by (device, dtype) group: the operations of
+    :func:`amos_update` in its order, on lists (equal to it in float64). The reduced mean (1)
+    runs per tensor where the state shape reduces axes."""
+    beta, eps = hyper["beta"], hyper["eps"]
+    for ps, sts in by_device_and_dtype([params, states]):
+        steps = [s["step"] for s in sts]
+        torch._foreach_add_(steps, 1.0)
+        vs, bs = [s["v"] for s in sts], [s["b"] for s in sts]
+        dtype = vs[0].dtype
+        gs = [p.grad.to(dtype) for p in ps]
+        if clip is not None:  # (0)
+            gs = torch._foreach_clamp_min(gs, -clip)
+            torch._foreach_clamp_max_(gs, clip)
+        xs = ps if ps[0].dtype == dtype else [p.to(dtype) for p in ps]
+        if all(v.shape == g.shape for v, g in zip(vs, gs, strict=True)):
+            m2 = torch._foreach_mul(gs, gs)  # (1)
+        else:
+            m2 = [reduced_mean_square(g, tuple(v.shape)) for g, v in zip(gs, vs, strict=True)]
+        torch._foreach_mul_(vs, beta)
+        torch._foreach_add_(vs, torch._foreach_mul(m2, 1 - beta))  # (2)
+        r = torch._foreach_clamp_min(vs, eps)
+        torch._foreach_reciprocal_(r)
+        torch._foreach_mul_(r, [1 - beta ** float(t) for t in steps])  # (3); steps on the CPU
+        c = torch._foreach_mul(bs, hyper["c_coef"] * math.sqrt(xi))
+        torch._foreach_add_(c, 1.0)
+        torch._foreach_rsqrt_(c)  # (4)
+        gamma = torch._foreach_mul(c, xi**2)
+        torch._foreach_mul_(gamma, r)
+        torch._foreach_mul_(gamma, m2)  # (5)
+        init_lr = torch._foreach_mul([s["eta"] for s in sts], xi)  # 0-d, as in amos_update
+        d = torch._foreach_sqrt(init_lr)
+        torch._foreach_mul_(d, hyper["d_coef"])
+        d = torch._foreach_mul(d, bs)
+        torch._foreach_add_(d, 1.0)
+        torch._foreach_reciprocal_(d)  # (6)
+        coef = torch._foreach_mul(gamma, -0.5)
+        torch._foreach_sub_(coef, hyper["extra_l2"])
+        update = torch._foreach_mul(coef, xs)
+        torch._foreach_sqrt_(r)
+        torch._foreach_mul_(r, init_lr)
+        torch._foreach_sub_(update, torch._foreach_mul(r, gs))
+        torch._foreach_mul_(update, d)  # (7)
+        torch._foreach_add_(bs, torch._foreach_mul(gamma, torch._foreach_add(bs, 1.0)))  # (8)
+        if "momentum_buffer" in sts[0]:  # then in every state (see Amos.step)
+            bufs = [s["momentum_buffer"] for s in sts]
+            torch._foreach_mul_(bufs, mu)
+            torch._foreach_add_(bufs, update, alpha=1 - mu)  # (9)
+            update = bufs
+        if ps[0].dtype == dtype:
+            torch._foreach_add_(ps, update)
+        else:
+            for p, u in zip(ps, update, strict=True):
+                _apply(p, u)
