@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
-import types
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,9 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from torch_opt._math import sparse_grad_error
+from torch_opt._math import TORCH_WORDING, check_group_keys, sparse_grad_error
 from torch_opt._native.sampling import native_propose, takes
-from torch_opt.sampling._products import compile_options
 from torch_opt.sampling.kernels import (
     _density_weights,
     _mixture_log_density,
@@ -28,7 +25,7 @@ from torch_opt.sampling.kernels import (
     perturbations,
     weighted_direction,
 )
-from twinopt._checks import fail
+from twinopt._checks import check_nonnegative, fail
 from twinopt.sampling import check_mgs_args, mixture_mask
 
 __all__ = [
@@ -38,31 +35,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------- population
-
-_POPULATIONS = itertools.count()
-
-
-def _own_code(method: types.MethodType) -> types.MethodType:
-    """``method`` rebuilt on a copy of its code object with a name of its own.
-
-    ``torch.compile`` keeps its compiled graphs, its recompilation count and its record of the
-    shapes seen (from which it turns a second shape into a dynamic one) per code object and
-    name. Shared by every population, they would make the next population's first compilation
-    a recompilation of the first one's code, with every shape dynamic, counted against one
-    limit for all."""
-    fn = method.__func__
-    name = f"{fn.__name__}_{next(_POPULATIONS)}"
-    names = {"co_name": name}
-    if hasattr(fn.__code__, "co_qualname"):  # Python >= 3.11
-        names["co_qualname"] = name
-    code = fn.__code__.replace(**names)
-    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-    return types.MethodType(copy, method.__self__)
-
-
-# Distinct input layouts (shapes, strides, dtypes, devices, training modes) compiled without
-# TorchDynamo per population; further layouts take the TorchDynamo path (dynamic shapes).
-_DIRECT_LAYOUTS = 8
 
 
 class _ModulePopulation:
@@ -83,32 +55,11 @@ class _ModulePopulation:
         for name, p in module.named_parameters(remove_duplicate=False):
             aliases[id(p)].append(name)
         self._aliases = [aliases[id(p)] for p in self.params]
-        # The buffers, as (submodule, attribute) to read their current values from at each
-        # call, with every name of each: the graph compiled without TorchDynamo takes them as
-        # inputs (a buffer replaced by a new tensor is seen).
-        buffers: dict[int, list[str]] = {}
-        for name, b in module.named_buffers(remove_duplicate=False):
-            buffers.setdefault(id(b), []).append(name)
-        self._buffer_names = list(buffers.values())
-        self._buffer_slots = [
-            (module.get_submodule(names[0].rpartition(".")[0]), names[0].rpartition(".")[2])
-            for names in self._buffer_names
-        ]
-        self._modules = list(module.modules())
-        self._compiled = None
-        self._direct: dict[tuple, Any] | None = None
-        if compile:
-            cpu = all(p.device.type == "cpu" for p in self.params)
-            self._options = compile_options(cpu)
-            self._compiled = torch.compile(_own_code(self._vmapped), options=self._options)
-            self._direct = {}
+        self._compiled = torch.compile(self._vmapped) if compile else None
 
-    def _one(self, params: Sequence[Tensor], data: tuple, buffers: Sequence[Tensor]) -> Tensor:
-        """The task loss of one parameter set (run under ``vmap``); the module's own buffers
-        unless ``buffers`` gives them (one per entry of ``_buffer_names``)."""
+    def _one(self, params: Sequence[Tensor], data: tuple) -> Tensor:
+        """The task loss of one parameter set (run under ``vmap``), with the module's buffers."""
         values = {name: t for names, t in zip(self._aliases, params, strict=True) for name in names}
-        for names, t in zip(self._buffer_names, buffers, strict=False):  # () or all
-            values.update(dict.fromkeys(names, t))
 
         def forward(*inputs: Any, **kwargs: Any) -> Any:
             return torch.func.functional_call(
@@ -117,6 +68,9 @@ class _ModulePopulation:
 
         return self.compute_loss(forward, *data)
 
+    def _vmapped(self, stacked: list[Tensor], data: tuple = ()) -> Tensor:
+        return torch.func.vmap(self._one, in_dims=(0, None))(stacked, data)
+
     def __call__(self, stacked: Sequence[Tensor], *data: Any) -> Tensor:
         if len(stacked) != len(self.names):
             raise ValueError(
@@ -124,94 +78,26 @@ class _ModulePopulation:
                 f"parameter of the module, {len(self.names)})"
             )
         stacked = list(stacked)
-        if self._direct is not None:
-            try:
-                out = self._call_direct(stacked, data)
-            except _CompileFailed as err:
-                self._give_up(err.__cause__)
-            else:
-                if out is not None:
-                    return out
-        if self._compiled is not None:
-            try:
-                return self._compiled(stacked, data)
-            except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler
-                self._give_up(getattr(err, "inner_exception", err))
-        return self._vmapped(stacked, data)
-
-    def _give_up(self, err: BaseException) -> None:
-        """Evaluate with the eager ``vmap`` from now on, with one warning that gives the first
-        line of the compiler's error ``err``."""
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        warnings.warn(
-            "functional_population(compile=True): torch.compile could not compile the "
-            f"evaluation ({reason}); evaluating with eager vmap instead",
-            UserWarning,
-            stacklevel=3,
-        )
-        self._compiled = self._direct = None
-
-    def _call_direct(self, stacked: list[Tensor], data: tuple) -> Tensor | None:
-        """The losses from the graph compiled for these inputs' layout without TorchDynamo
-        (no guards, no frame evaluation at each call), or ``None`` where that path does not
-        apply: an input that is not a tensor, inputs that need autograd, a tensor that
-        ``compute_loss`` reads other than through its arguments, a trace that fails, or more
-        than ``_DIRECT_LAYOUTS`` layouts."""
-        buffers = [m._buffers.get(name) for m, name in self._buffer_slots]
-        tensors = [*stacked, *buffers, *data]
-        if not all(isinstance(t, Tensor) for t in tensors) or (
-            torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        ):
-            return None
-        key = (
-            len(data),
-            tuple(m.training for m in self._modules),
-            *[(t.shape, t.stride(), t.dtype, t.device) for t in tensors],
-        )
-        fn = self._direct.get(key)
-        if fn is None:
-            if len(self._direct) >= _DIRECT_LAYOUTS:
-                return None
-            fn = self._direct[key] = self._compile_direct(len(stacked), len(buffers), tensors)
-        if fn is False:
-            return None
-        out = fn(*tensors)
-        return out[0] if isinstance(out, list | tuple) else out
-
-    def _compile_direct(self, params: int, buffers: int, tensors: list[Tensor]) -> Any:
-        """The evaluation traced to an aten graph (``make_fx`` with fake tensors) and compiled
-        by TorchInductor for ``tensors``' layout; ``False`` where the trace fails, as it does
-        where ``compute_loss`` reads a tensor other than through its arguments (one that a
-        graph would freeze: TorchDynamo's path reads it anew at each call)."""
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        def flat(*ts: Tensor) -> Tensor:
-            return self._vmapped(
-                list(ts[:params]), ts[params + buffers :], ts[params : params + buffers]
+        if self._compiled is None:
+            return self._vmapped(stacked, data)
+        try:
+            return self._compiled(stacked, data)
+        except Exception as err:  # a compiler's failure, or the evaluation's own error
+            out = self._vmapped(stacked, data)  # the latter raises again here, eagerly
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            warnings.warn(
+                "functional_population(compile=True): torch.compile could not compile the "
+                f"evaluation ({reason}); evaluating with eager vmap instead",
+                UserWarning,
+                stacklevel=2,
             )
-
-        try:
-            gm = make_fx(flat, tracing_mode="fake")(*tensors)
-        except Exception:  # a tensor read from outside the arguments (the fake-tensor trace
-            return False  # refuses real tensors), .item(), data-dependent branches, ...
-        try:
-            return torch._inductor.compile(gm, tensors, options=self._options)
-        except Exception as err:  # e.g. no C++ compiler
-            raise _CompileFailed from err
+            self._compiled = None
+            return out
 
     @property
     def compiled(self) -> bool:
         """Whether calls run compiled code (``compile=True``; ``False`` after a fallback)."""
         return self._compiled is not None
-
-    def _vmapped(
-        self, stacked: list[Tensor], data: tuple = (), buffers: Sequence[Tensor] = ()
-    ) -> Tensor:
-        return torch.func.vmap(self._one, in_dims=(0, None, None))(stacked, data, buffers)
-
-
-class _CompileFailed(Exception):
-    """TorchInductor could not compile the population's graph (the cause: why)."""
 
 
 def functional_population(
@@ -244,30 +130,17 @@ def functional_population(
         for x, y in batches:
             opt.step(population=lambda stacked: population(stacked, x, y))
 
-    With ``compile=True`` the batched evaluation is compiled by TorchInductor (with its C++
-    wrapper for a model on the CPU, plus one pass of this library: a thin float32 batched
-    product on the CPU, such as an output layer of 10 classes, is computed transposed, which
-    MKL runs faster). The first call compiles (seconds; on CPU TorchInductor needs a C++
-    compiler); later calls reuse the compiled code. For small models on a CPU this removes
-    most of the per-operation overhead of ``vmap`` and ``functional_call``; the losses equal
-    the eager ones up to the rounding of the compiled kernels. Two ways, chosen at each call:
-
-    - Where every tensor ``compute_loss`` reads comes through its arguments or the module (the
-      stacked parameters, ``data``, the module's buffers), and no input needs autograd, the
-      evaluation is traced once per layout of the inputs (shapes, strides, dtypes, devices,
-      and the submodules' training modes; up to 8 layouts) and called without TorchDynamo:
-      no guards are checked at each call, which saved 0.02-0.03 ms per call (of 0.10-0.11)
-      on the sampling study's small MLP. What else the evaluation depends on is fixed at the
-      trace, as in ``torch.export``: the module's structure and attributes other than
-      buffers, and Python values ``compute_loss`` reads from outside (make them arguments,
-      which then run the second way, or build a new population, when they change).
-    - Otherwise, e.g. for a batch read from the enclosing scope (``lambda forward:
-      loss(forward(x), y)``), the evaluation runs under ``torch.compile``, whose guards read
-      every such value anew at each call and recompile where needed (a new batch size
-      compiles once more, with a dynamic batch size).
-
-    Where the backend cannot compile (no C++ compiler), the evaluation falls back to the eager
-    ``vmap`` with one warning.
+    With ``compile=True`` the batched evaluation is ``torch.compile``'d (TorchInductor; on
+    the CPU it needs a C++ compiler): the first call compiles (seconds), later calls reuse the
+    compiled code, and torch.compile's guards read every tensor and value ``compute_loss``
+    depends on anew at each call (a new batch size compiles once more, with a dynamic batch
+    size; torch.compile's recompilation limit applies, to all populations together). For
+    small models this removes much of the per-operation overhead of ``vmap`` and
+    ``functional_call``; the losses equal the eager ones up to the rounding of the compiled
+    kernels. Where the compiled call fails but the eager evaluation succeeds (no C++
+    compiler, an unsupported operation), the population evaluates with the eager ``vmap``
+    from then on, with one warning; an error of the evaluation itself is raised as the eager
+    ``vmap`` raises it.
 
     Args:
         module: The model.
@@ -305,6 +178,14 @@ _SHARED = (
     "max_grad_norm",
 )
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def _check_mgs_group(group: dict[str, Any]) -> None:
+    """Every option's check; torch's wording for ``lr``."""
+    if isinstance(group["lr"], Tensor) and group["lr"].numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    check_nonnegative(TORCH_WORDING["lr"], group["lr"])
+    check_mgs_args(**{key: group[key] for key in _ARGS})
 
 
 def _check_shared(group: dict[str, Any], first: dict[str, Any]) -> None:
@@ -552,8 +433,6 @@ class MGS(Optimizer):
         seed: int | None = None,
         distributed: bool = False,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
         ):
@@ -570,6 +449,10 @@ class MGS(Optimizer):
             "antithetic": bool(antithetic),
             "max_grad_norm": max_grad_norm,
         }
+        _check_mgs_group(defaults)  # before params is read
+        # Constructor arguments that are not group options; ZeroRedundancyOptimizer copies
+        # every argument of its optimizer class into the param groups it builds.
+        self._whole = {"seed": seed, "distributed": bool(distributed)}
         super().__init__(params, defaults)
         if base_optimizer is not None and not isinstance(base_optimizer, Optimizer):
             raise TypeError(
@@ -578,7 +461,9 @@ class MGS(Optimizer):
             )
         self.base_optimizer = base_optimizer
         if base_optimizer is not None and lr != 1.0:
-            raise fail("lr", lr, "1 with a base optimizer, which has its own learning rate")
+            raise fail(
+                TORCH_WORDING["lr"], lr, "1 with a base optimizer, which has its own learning rate"
+            )
         self._check_base()
         self.distributed = bool(distributed)
         if self.distributed and not (
@@ -602,8 +487,12 @@ class MGS(Optimizer):
     # ------------------------------------------------------------------------ groups, state
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        check_group_keys("MGS", param_group, [*self.defaults, *self._whole])
+        for key, value in self._whole.items():
+            if key in param_group and param_group[key] != value:
+                raise fail(key, param_group[key], f"the optimizer's own ({value!r}) in a group")
         merged = {**self.defaults, **param_group}
-        check_mgs_args(**{key: merged[key] for key in _ARGS})
+        _check_mgs_group(merged)
         if self.param_groups:
             _check_shared(merged, self.param_groups[0])
         super().add_param_group(param_group)
@@ -670,6 +559,7 @@ class MGS(Optimizer):
             "distributed": self.distributed,
             "seed": self.seed,
             "_generator": self._generator,
+            "_whole": self._whole,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -677,6 +567,7 @@ class MGS(Optimizer):
         self.__dict__.setdefault("base_optimizer", None)
         self.__dict__.setdefault("distributed", False)
         self.__dict__.setdefault("seed", 0)
+        self.__dict__.setdefault("_whole", {"seed": self.seed, "distributed": self.distributed})
         if "_generator" not in self.__dict__:
             self._generator = torch.Generator().manual_seed(self.seed)
         for group in self.param_groups:
@@ -689,7 +580,7 @@ class MGS(Optimizer):
         """The whole-candidate hyperparameters, checked to agree across groups."""
         first = self.param_groups[0]
         for group in self.param_groups:
-            check_mgs_args(**{key: group[key] for key in _ARGS})
+            _check_mgs_group(group)
             _check_shared(group, first)
         return {key: first[key] for key in _SHARED}
 
@@ -867,7 +758,6 @@ class MGS(Optimizer):
                         None if g is None else blk.split(g),
                         z,
                         nb.eps,
-                        blk.numels,
                         s,
                         None if density == "unit_variance" else _density_weights(s),
                         mask,
