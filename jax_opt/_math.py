@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import sparse as jsparse
 
 from twinopt._checks import check_positive
 
@@ -40,6 +40,11 @@ def sum_of_squares(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
 
 def reject_sparse(tree: Any, owner: str) -> None:
     """Raise ``TypeError`` when ``tree`` holds a sparse array, naming its path."""
+    # Sparse arrays come from jax.experimental.sparse: where it was never imported there are
+    # none (importing it here would load SciPy with every import of jax_opt).
+    jsparse = sys.modules.get("jax.experimental.sparse")
+    if jsparse is None:
+        return
 
     def is_sparse(x: Any) -> bool:
         return isinstance(x, jsparse.JAXSparse)

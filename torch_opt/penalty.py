@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from torch_opt._math import stat_dtype
+from torch_opt._math import check_group_keys, stat_dtype
 from torch_opt._wrapper import SharesBase
 from twinopt._checks import check_nonnegative, check_positive, missing
 from twinopt.dynamics import igr_coefficient
@@ -120,6 +120,9 @@ class FiniteDifferencePenalty(SharesBase):
         self._adopt(base_optimizer)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if "base_optimizer" in self.__dict__:  # a new group (the base's own were checked there)
+            known = {*self.base_optimizer.defaults, *self.defaults}
+            check_group_keys("FiniteDifferencePenalty", param_group, known)
         check_nonnegative("mu", param_group.get("mu", self.defaults["mu"]))
         check_positive("delta", param_group.get("delta", self.defaults["delta"]))
         if "base_optimizer" not in self.__dict__:  # construction: the base's own groups

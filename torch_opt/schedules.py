@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import Optimizer
 
-from torch_opt._math import as_real, resolve_scale, stat_dtype
+from torch_opt._math import as_real, check_group_keys, resolve_scale, stat_dtype
 from torch_opt._wrapper import SharesBase
 from twinopt._checks import check_choice, check_nonnegative, check_positive, fail
 from twinopt.schedules import MODES, amos_decay, decay_factor  # the schedule is framework-free
@@ -309,6 +309,8 @@ class SuAmosSchedule(SharesBase):
             param_group["lr"] = self.defaults["lr"]
             _check_no_weight_decay(param_group.get("weight_decay", 0.0))
         else:
+            known = {*self.base_optimizer.defaults, *self.defaults}
+            check_group_keys("SuAmosSchedule", param_group, known)
             param_group.setdefault("lr", self.defaults["lr"])
             base_default = self.base_optimizer.defaults.get("weight_decay", 0.0)
             _check_no_weight_decay(param_group.get("weight_decay", base_default))

@@ -80,6 +80,7 @@ class Spec:
     newer_flags: tuple = ()  # param-group keys added after v1 (setdefault on load)
     exact_under_zero: bool = True  # ZeRO(Cls) equals the single-process run
     add_groups: bool = False  # per-group values through add_param_group (see SuAmosSchedule)
+    wrapper: bool = False  # wraps a base optimizer, whose own groups it takes at construction
     na: dict = field(default_factory=dict)  # check -> why it does not apply
 
 
@@ -144,6 +145,7 @@ OPTIMIZER_CHECKS = (
     "older_state_dict",
     "hooks",
     "bf16_state",
+    "group_keys",
 )
 
 
@@ -199,30 +201,28 @@ SPECS = [
         "Amos",
         _amos,
         lr=0.05,
-        flags=frozenset({"weight_decay"}),
+        flags=frozenset({"weight_decay", "foreach"}),
         weight_decay_key="extra_l2",
         momentum_key="momentum",  # the reference's EMA of the updates, like Adam's beta1: meant
         complex_error="Amos does not support complex parameters",
+        newer_flags=("shape", "foreach"),
         na={
-            "foreach": NO_FOREACH,
             "maximize": NO_MAXIMIZE,
-            "older_state_dict": NO_NEWER_FLAGS,
         },
     ),
     Spec(
         "Amos(shape=())",
         _amos_factored,
         lr=0.05,
-        flags=frozenset({"weight_decay"}),
+        flags=frozenset({"weight_decay", "foreach"}),
         weight_decay_key="extra_l2",
         momentum_key="momentum",
         complex_error="Amos does not support complex parameters",
         param_shaped=False,
         fsdp_error="state shape",
+        newer_flags=("foreach",),  # its callable shape is saved as None (resolved in the state)
         na={
-            "foreach": NO_FOREACH,
             "maximize": NO_MAXIMIZE,
-            "older_state_dict": NO_NEWER_FLAGS,
         },
     ),
     Spec(
@@ -232,6 +232,7 @@ SPECS = [
         flags=frozenset({"maximize", "foreach"}),
         momentum_key="betas",  # the base's
         add_groups=True,  # its lr (alpha_0) replaces the lr of the base's own groups
+        wrapper=True,
         na={
             "weight_decay": "applies its own decay; the base must have weight_decay=0",
             "zero_grad_noop": "Su's rule (6) decays the parameters every step by design",
@@ -244,6 +245,7 @@ SPECS = [
         drive=CLOSURE,
         flags=frozenset({"maximize", "foreach", "weight_decay"}),
         momentum_key="betas",  # the base's
+        wrapper=True,
         na={
             "older_state_dict": NO_NEWER_FLAGS,
             "grad_scaler": "step needs a closure (two gradients), which GradScaler.step refuses",
@@ -610,6 +612,24 @@ def test_missing_grads_are_a_noop(spec):
 
 
 # -------------------------------------------------------------------- printing, deepcopy
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("key", ["no_such_option", "nesterov"])
+def test_unknown_param_group_keys_are_refused(spec, key):
+    """Nothing in a param group is silently ignored: a key the optimizer does not know is a
+    ValueError naming it (at construction and in add_param_group); the keys torch's LR
+    schedulers write are accepted."""
+    check(spec, "group_keys")
+    w, b = model_params()
+    opt = spec.build([w])
+    with pytest.raises(ValueError, match=rf"^Invalid param group key: '{key}' \(must be one of"):
+        opt.add_param_group({"params": [b], key: 1})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [b], "initial_lr": spec.lr, "swa_lr": spec.lr})
+    if not spec.wrapper:  # a wrapper's construction takes its base's groups (the base's keys)
+        with pytest.raises(ValueError, match=rf"^Invalid param group key: '{key}'"):
+            spec.build([{"params": [w]}, {"params": [b], key: 1}])
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
