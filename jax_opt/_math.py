@@ -8,8 +8,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from twinopt._checks import check_positive
+
+
+def increment(count: jax.Array) -> jax.Array:
+    """``optax.safe_increment(count)`` as an array (a step counter that saturates)."""
+    return jnp.asarray(optax.safe_increment(count))
 
 
 def abs_sq(x: jax.Array) -> jax.Array:

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import optax
 from optax import GradientTransformationExtraArgs
 
-from jax_opt._math import path_names, reject_sparse, resolve_scale, stat_dtype
+from jax_opt._math import increment, path_names, reject_sparse, resolve_scale, stat_dtype
 from twinopt._checks import check_decay, check_nonnegative, fail, missing
 
 __all__ = [
@@ -145,7 +145,9 @@ def amos_update(
     return update, v, new_b
 
 
-def _amos_tail(grad, param, v, b, m2, *, lr, eta, beta, extra_l2, c_coef, d_coef, eps, count):
+def _amos_tail(
+    grad, param, v, b, m2, *, lr, eta, beta, extra_l2, c_coef, d_coef, eps, count
+) -> tuple[Any, Any]:
     """(3)-(8) of :func:`amos_update` from the updated ``v``: ``(update, b)``; without
     ``param`` (None) the update is not computed."""
     r = (1 - beta ** jnp.asarray(count, v.dtype)) / jnp.maximum(v, eps)  # (3)
@@ -273,7 +275,7 @@ def scale_by_amos(
         if params is None:
             raise missing("params", "scale_by_amos", "the parameters", "pass params to update")
         reject_sparse(updates, "scale_by_amos")
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         xi = learning_rate(count) if callable(learning_rate) else learning_rate
         grads, treedef = jax.tree.flatten(updates)
         outs = [

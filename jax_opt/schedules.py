@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import optax
 from optax import GradientTransformationExtraArgs
 
-from jax_opt._math import path_names, reject_sparse, resolve_scale, stat_dtype
+from jax_opt._math import increment, path_names, reject_sparse, resolve_scale, stat_dtype
 from twinopt._checks import check_nonnegative, check_positive, missing
 from twinopt.schedules import MODES, amos_decay  # the schedule is framework-free
 
@@ -213,7 +213,7 @@ def su_amos_schedule(
                 strict=True,
             )
         ]
-        new_state = SuAmosScheduleState(count=optax.safe_increment(state.count), sigma=state.sigma)
+        new_state = SuAmosScheduleState(count=increment(state.count), sigma=state.sigma)
         return treedef.unflatten(out), new_state
 
     return GradientTransformationExtraArgs(init_fn, update_fn)

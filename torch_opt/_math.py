@@ -52,7 +52,7 @@ def sum_of_squares(tensors: Sequence[Tensor], *, like: Tensor) -> Tensor:
     for group in groups.values():
         part = torch.stack(torch._foreach_norm(group, 2, dtype=like.dtype)).square().sum()
         if hasattr(part, "full_tensor"):  # a DTensor: the shards' partial sums, all-reduced
-            part = part.full_tensor()
+            part = part.full_tensor()  # pyright: ignore[reportAttributeAccessIssue]
         total = total + part.to(like.device)
     return total
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -401,7 +401,8 @@ def _single_tensor_amos(
     """The readable reference path: :func:`amos_update`, tensor by tensor."""
     for p, state in zip(params, states, strict=True):
         state["step"] += 1
-        grad = p.grad if clip is None else p.grad.clamp(-clip, clip)  # (0)
+        grad = cast(Tensor, p.grad)  # Amos.step passes parameters with a gradient only
+        grad = grad if clip is None else grad.clamp(-clip, clip)  # (0)
         update, v, b = amos_update(
             grad, p, state["v"], state["b"], lr=xi, eta=state["eta"], count=state["step"], **hyper
         )

@@ -166,7 +166,9 @@ class Flooding(nn.Module):
             criterion that has no ``reduction`` attribute.
     """
 
+    criterion: nn.Module
     level: Tensor
+    _per_sample: _PerSample
 
     def __init__(self, criterion: nn.Module, level: float, mode: str = "batch") -> None:
         super().__init__()

@@ -36,7 +36,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -150,7 +150,7 @@ class AmosDecayScheduler(LRScheduler):
     def __init__(
         self,
         optimizer: Optimizer,
-        lr: float | Sequence[float],
+        lr: float | list[float] | tuple[float, ...],
         half_life: float,
         *,
         mode: str = "inverse_time",

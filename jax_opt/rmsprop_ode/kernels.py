@@ -101,7 +101,11 @@ def rmsprop_ode_global_direction(
 
 
 def loss_tied_direction(
-    grads: Sequence[jax.Array], loss: jax.Array | float, *, max_scale: float, min_loss: float
+    grads: Sequence[jax.Array],
+    loss: jax.Array | float,
+    *,
+    max_scale: jax.typing.ArrayLike,
+    min_loss: jax.typing.ArrayLike,
 ) -> list[jax.Array]:
     r"""Su's truncated loss-tied direction (math.md §1.4) for a list of arrays.
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from optax import GradientTransformationExtraArgs
 
-from jax_opt._math import reject_sparse, stat_dtype
+from jax_opt._math import increment, reject_sparse, stat_dtype
 from jax_opt.rmsprop_ode.kernels import (
     SCALES,
     rmsprop_ode_direction,
@@ -85,7 +85,7 @@ def scale_by_rmsprop_ode(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         reject_sparse(updates, "scale_by_rmsprop_ode")
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         leaves, treedef = jax.tree.flatten(updates)
         mus = treedef.flatten_up_to(state.mu) if centered else None
         if scale == "elementwise":

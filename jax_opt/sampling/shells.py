@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from optax import GradientTransformationExtraArgs
 
-from jax_opt._math import reject_sparse
+from jax_opt._math import increment, reject_sparse
 from jax_opt.sampling.kernels import (
     _noise_scale,
     clip_surrogate,
@@ -327,7 +327,7 @@ def mgs(
                 lambda new, old: jnp.where(finite, new, old), new_base, state.base_state
             )
         return new_updates, MGSState(
-            count=optax.safe_increment(state.count),
+            count=increment(state.count),
             key=key,
             nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
             base_state=base_state,

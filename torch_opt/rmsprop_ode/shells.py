@@ -254,7 +254,16 @@ class RMSpropODE(Optimizer):
             }
             foreach = group["foreach"]
             if foreach is None and not group["differentiable"]:
-                rest = native_rmsprop_ode(*lists, global_state, **hyper)
+                rest = native_rmsprop_ode(
+                    params,
+                    grads,
+                    square_avgs,
+                    grad_avgs,
+                    momentum_bufs,
+                    steps,
+                    global_state,
+                    **hyper,
+                )
                 if not rest:
                     continue
                 if len(rest) < len(params):
@@ -262,7 +271,8 @@ class RMSpropODE(Optimizer):
             if foreach is None:
                 foreach = default_foreach(lists[0], group["differentiable"])
             impl = _multi_tensor_rmsprop_ode if foreach else _single_tensor_rmsprop_ode
-            impl(*lists, global_state, **hyper)
+            ps, gs, nus, mus, bufs, sts = lists
+            impl(ps, gs, nus, mus, bufs, sts, global_state, **hyper)
         return loss
 
 
@@ -308,7 +318,7 @@ def _single_tensor_rmsprop_ode(
                 g, nu, mus[i] if centered else None, count=steps[i], **hyper
             )
             nu.copy_(new_nu)
-            if centered:
+            if new_mu is not None:  # centered
                 mus[i].copy_(new_mu)
             directions.append(d)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -96,7 +96,7 @@ def _noise_scales(
     ]
     if not picked:
         return torch.tensor([float(v) for v in noises], dtype=f64, device=device)
-    chosen = [guides[i] for i in picked]
+    chosen = [g for g in (guides[i] for i in picked) if g is not None]  # all of them
     dtype = stat_dtype(chosen)
     l1 = torch.stack(torch._foreach_norm(chosen, 1, dtype=dtype))
     noise, count = torch.tensor(
@@ -256,17 +256,18 @@ def _weighted_square_sums(
     step = max(1, _BLOCK // max(k, 1))
     whole = n <= step  # one block: no slicing
 
-    def block(v: Tensor | None, j: int) -> Tensor | None:
-        return v if whole or v is None else v[..., j : j + step]
+    def block(v: Tensor, j: int) -> Tensor:
+        return v if whole else v[..., j : j + step]
 
     a = b = None
     for j in range(0, max(n, 1), step):
         xj = block(x, j).to(f64)  # a view of x when x is float64: not to be written
-        wj = block(weight, j)
+        wj = None if weight is None else block(weight, j)
         if centre is not None:
             b = _add_row_sums(b, torch.sub(xj, block(centre, j)).square_(), wj)
         a = _add_row_sums(a, xj.square() if x.dtype == f64 else xj.square_(), wj)
-    return a, a if centre is None else b
+    a = cast(Tensor, a)  # the loop runs at least once
+    return a, a if centre is None else cast(Tensor, b)
 
 
 def _add_row_sums(acc: Tensor | None, sq: Tensor, weight: Tensor | None) -> Tensor:
