@@ -160,6 +160,7 @@ def _outside(modules: list[str], allowed: tuple[str, ...]) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_importing_torch_opt_loads_neither_dynamo_nor_inductor():
     pytest.importorskip("torch")
     new = _new_modules("import torch", "torch_opt")
@@ -168,6 +169,7 @@ def test_importing_torch_opt_loads_neither_dynamo_nor_inductor():
     assert "torch_opt.amos" in new  # the check looked at a real import
 
 
+@pytest.mark.slow
 def test_importing_jax_opt_loads_nothing_beyond_jax_and_optax():
     pytest.importorskip("jax")
     pytest.importorskip("optax")

@@ -137,6 +137,7 @@ def test_first_step_closed_form(backend, theta, g, eta, lr):
 
 
 @pytest.mark.parametrize("setting", ["parabola", "rosenbrock"])
+@pytest.mark.slow
 def test_the_reference_convergence_settings(backend, setting):
     """§2.6 (5): the reference's own tests, 10 000 steps, one state value per tensor."""
     cfg = ref.PARABOLA if setting == "parabola" else ref.ROSENBROCK

@@ -59,7 +59,8 @@ hypers = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=30)  # eager JAX dispatches many small ops per example
+# Eager JAX dispatches many small ops per example: at most 30 (the profile's count if fewer).
+@settings(max_examples=min(30, settings().max_examples))
 @given(params=tensor_lists(elements=unit), hyper=hypers, data=st.data())
 @example(
     params=[np.array([1.0, -2.0])],

@@ -340,6 +340,7 @@ def test_tree_map_params_is_a_no_op_with_the_identity(case):
 
 
 @pytest.mark.parametrize("case", cases("nnx"))
+@pytest.mark.slow
 def test_flax_nnx_optimizer_forwards_the_extra_args(case):
     """``nnx.Optimizer.update(model, grads, **extras)`` (under ``nnx.jit``) passes ``value=``,
     ``grad_fn=``, ``value_fn=`` through to ``update``; one step equals the plain optax step."""
@@ -442,6 +443,7 @@ def sharded_results() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", cases("sharding"))
+@pytest.mark.slow
 def test_sharded_parameters_keep_their_shardings_and_the_result(case, sharded_results):
     assert sharded_results[case.name] == "ok"
 

@@ -283,6 +283,7 @@ def test_loss_tied_takes_a_schedule():
     np.testing.assert_allclose(u2, 2 * u1, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_su_example_loss_tied_escapes_where_sgd_stalls():
     """math.md §1.4: settles within 1e-3 of x* for 500 consecutive steps within 20000 steps."""
 

@@ -688,6 +688,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_candidates_equal_the_unsharded_run():
     """candidate_sharding over 4 forced host devices, parameters sharded too: init and update
     keep their types (explicit mesh), nothing recompiles, the result is the unsharded one."""

@@ -119,6 +119,7 @@ def test_zero_gradient_with_zero_state_moves_only_by_extra_l2():
     assert_close(first_update(theta, np.zeros(2), 0.5, 0.1, extra_l2=0.01), -0.01 * theta)
 
 
+@pytest.mark.slow
 def test_the_reference_convergence_settings():
     """§2.6 (5): the reference's parabola and Rosenbrock tests reach their targets."""
     for setting, grad in ((ref.PARABOLA, ref.parabola_grad), (ref.ROSENBROCK, ref.rosenbrock_grad)):

@@ -245,6 +245,7 @@ def su_trajectory(step_fn, steps: int = 20000) -> np.ndarray:
     return np.array(xs)
 
 
+@pytest.mark.slow
 def test_su_example_loss_tied_escapes_where_gradient_descent_stalls():
     """§1.5 (7): Su's 1-D example (math.md §1.4)."""
 

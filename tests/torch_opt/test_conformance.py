@@ -898,6 +898,7 @@ def test_grad_scaler_refuses_closure_driven_optimizers(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.slow
 def test_compiled_step_equals_eager(spec):
     """``torch.compile(opt.step)`` gives eager's params and state (2 steps)."""
     check(spec, "compile")
@@ -1080,11 +1081,13 @@ def _assert_ranks_equal_reference(spec, results, key, *, exact):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.slow
 def test_ddp_matches_one_process(spec, distributed_results):
     _assert_ranks_equal_reference(spec, distributed_results, "ddp", exact=True)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.slow
 def test_fsdp2(spec, distributed_results):
     """``fully_shard``: parameter-shaped state works and matches one process; other optimizers
     raise an error naming the reason."""
@@ -1097,6 +1100,7 @@ def test_fsdp2(spec, distributed_results):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.slow
 def test_zero_redundancy_optimizer(spec, distributed_results):
     """ZeroRedundancyOptimizer(params, optimizer_class=Cls) (a wrapper wraps a ZeRO base):
     trains with ranks in agreement; equal to one process where every statistic is per

@@ -102,6 +102,7 @@ def test_state_dict_round_trip_keeps_level_and_criterion():
     assert torch.equal(restored(logits, target), source(logits, target))
 
 
+@pytest.mark.slow
 def test_compile_and_autocast_give_the_eager_result():
     logits, target = batch()
     loss_fn = Flooding(nn.CrossEntropyLoss(), 2.0, mode="individual")

@@ -497,6 +497,7 @@ def test_native_off_switch_compiles_nothing(monkeypatch, tmp_path):
 
 
 @needs_native
+@pytest.mark.slow
 def test_a_second_process_loads_the_cached_library_without_compiling(tmp_path):
     env = {**os.environ, "TWINOPT_CACHE_DIR": str(tmp_path)}
     build = "import torch_opt._native as n; assert n.library() is not None"

@@ -95,6 +95,7 @@ CASES = [
 
 @needs_native
 @pytest.mark.parametrize(("name", "build", "op"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow
 def test_compiled_step_runs_the_native_op_without_a_graph_break(name, build, op):
     """``torch.compile(opt.step, fullgraph=True)`` (which raises at any graph break) traces
     the default CPU step into one graph that calls the native op, and gives eager's
@@ -121,6 +122,7 @@ def test_compiled_step_runs_the_native_op_without_a_graph_break(name, build, op)
 
 @needs_native
 @pytest.mark.skipif(shutil.which("g++") is None, reason="TorchInductor's CPU backend needs g++")
+@pytest.mark.slow
 def test_inductor_compiles_a_step_around_the_native_op():
     """With torch.compile's default backend (TorchInductor) too: one graph, eager's result."""
     params, twin = _tensors(0), _tensors(0)

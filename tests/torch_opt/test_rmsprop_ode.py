@@ -542,6 +542,7 @@ def test_loss_tied_norm_is_per_param_group():
     assert_close(b.detach().numpy(), -0.5 * 2.0 * np.array([0.0, 1.0]))
 
 
+@pytest.mark.slow
 def test_su_example_loss_tied_escapes_where_sgd_stalls():
     """math.md §1.4: settles within 1e-3 of x* for 500 consecutive steps within 20000 steps."""
 

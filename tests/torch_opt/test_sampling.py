@@ -845,6 +845,7 @@ def test_population_path_equals_closure_path():
     shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
 )
 @pytest.mark.parametrize("data", ["captured", "arguments"])
+@pytest.mark.slow
 def test_compiled_population_equals_the_eager_one_and_the_closure_path(data):
     """functional_population(..., compile=True): the same losses as the eager vmap for two
     batch sizes (the second compiles again), and MGS steps equal to the closure path's; with
@@ -920,6 +921,7 @@ def test_compiled_population_falls_back_to_eager_with_one_warning(monkeypatch):
     assert torch.equal(got, want) and torch.equal(again, want)
 
 
+@pytest.mark.slow
 def test_an_error_of_the_evaluation_itself_is_raised_not_taken_for_a_compiler_failure():
     """compute_loss's own error propagates (as the eager vmap raises it), with no warning,
     and the population stays compiled."""
@@ -954,6 +956,7 @@ def _population_input(net, rows, seed):
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
 )
+@pytest.mark.slow
 def test_compiled_population_with_data_arguments_computes_with_each_call_s_data():
     """Data given as arguments (compute_loss(forward, x, y), population(stacked, x, y)): each
     call computes with the data it is given (new data, new losses; a new number of rows),
@@ -979,6 +982,7 @@ def test_compiled_population_with_data_arguments_computes_with_each_call_s_data(
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
 )
+@pytest.mark.slow
 def test_compiled_population_reads_captured_tensors_anew():
     """A tensor that compute_loss reads from outside (here: rebound in a dict between calls)
     is read anew at each call (torch.compile's guards)."""
@@ -1001,6 +1005,7 @@ def test_compiled_population_reads_captured_tensors_anew():
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
 )
+@pytest.mark.slow
 def test_compiled_population_follows_buffers_and_training_mode():
     """Buffers are read at each call (also after one is replaced by a new tensor), and a
     change of a submodule's training mode is followed."""
@@ -1037,6 +1042,7 @@ def test_compiled_population_follows_buffers_and_training_mode():
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="TorchInductor's CPU backend needs a C++ compiler"
 )
+@pytest.mark.slow
 def test_compiled_population_keeps_autograd_where_inputs_need_it():
     """With gradients enabled and inputs that require them, the gradients through the
     compiled population equal the eager vmap's."""
@@ -1223,6 +1229,7 @@ def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_ranks_split_the_candidates_and_match_one_process(tmp_path):
     """Two gloo processes: evaluation i (0 = theta) on rank i % 2; both ranks end with the
     single-process parameters, bitwise (each loss travels alone in its sum)."""
