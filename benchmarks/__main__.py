@@ -1,36 +1,47 @@
 """``python -m benchmarks``: run the benchmark studies and write a report.
 
-Each study answers one question of benchmarks.md on built-in toy problems (no downloads) and
-runs every framework installed. A run writes ``benchmarks/results/<timestamp>/`` (or
-``--out``): ``report.md`` with every table and plot, one JSON per study (settings, machine,
-library versions, raw results) and the PNG plots, and prints a summary table.
+A run writes ``benchmarks/results/<timestamp>/`` (or ``--out DIR``): ``report.md`` with every
+verdict, table and plot, one ``<study>.json`` per study and the PNG plots.
+
+The study contract. A study is a module ``benchmarks/<name>.py``, listed in ``STUDIES``, with
+
+- ``NAME = "<name>"`` and ``QUESTION = "...?"`` (one question, ending in "?");
+- ``run(ctx: Context) -> StudyResult`` (both in ``benchmarks._common``). ``ctx.quick`` asks for
+  a smoke run: the same code on fewer steps and seeds (``ctx.sized(full, quick)``,
+  ``ctx.seed_list``); ``ctx.seeds``, ``ctx.device`` (torch's device) complete it.
+- ``StudyResult(verdict, records, tables=[], figures=[], settings={}, notes=[])``: ``records``
+  is plain data (dicts and lists of numbers and strings) and goes to the JSON as it is; the
+  ``verdict`` is one sentence (at most ~300 characters) built from the records; ``notes`` are
+  a few short lines, if any.
+- Tables and plots are specs from ``benchmarks._report``: ``table(records, {header: "key",
+  header: "key:.2f", header: lambda r: ...}, title)``; ``line_plot(name, [curve(label, x, y,
+  style, color), ...], title, xlabel=, ylabel=, xscale=, yscale=, hlines=)`` for curves against
+  steps or evaluations, or ``figure(name, [panel(curves, ...), ...])`` for several panels;
+  ``record_curve(record, x, y, methods)`` styles a record's curve by its framework and method.
+  This runner renders them (markdown, PNG) and writes the files; a study writes nothing itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-from benchmarks._common import Context, StudyResult, machine, markdown_table, versions
+from benchmarks._common import Context, installed, machine, versions
+from benchmarks._report import summary_table, write_report, write_study
 
-# Studies in the order they run; each module has NAME, QUESTION and run(ctx) -> StudyResult.
-STUDIES = {
-    "ode_tracking": "benchmarks.ode_tracking",
-    "loss_tied": "benchmarks.loss_tied",
-    "convergence": "benchmarks.convergence",
-    "amos_mlp": "benchmarks.amos_mlp",
-    "flooding": "benchmarks.flooding",
-    "penalty": "benchmarks.penalty",
-    "sampling": "benchmarks.sampling",
-    "step_time": "benchmarks.step_time",
-}
-# benchmarks.md studies whose algorithms have not landed yet (the report says so).
-PENDING: dict[str, str] = {}
+# In the order they run. A listed module that is not in the checkout is reported as not run.
+STUDIES = (
+    "ode_tracking loss_tied convergence amos_mlp amos_lm flooding flooding_digits penalty "
+    "sampling mgs_seq step_time"
+).split()
+
+
+def available() -> list[str]:
+    return [name for name in STUDIES if installed(f"benchmarks.{name}")]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,108 +50,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="toy sizes, a smoke run")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer steps and seeds")
     parser.add_argument("--only", default="", help="comma-separated study names")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for noisy studies")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU exists")
-    parser.add_argument(
-        "--out", default=None, help="output folder (default: a new benchmarks/results/<timestamp>/)"
-    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, or cuda")
+    parser.add_argument("--out", help="output folder (default: benchmarks/results/<timestamp>)")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
-    unknown = sorted(set(names) - set(STUDIES) - set(PENDING))
+    unknown = sorted(set(names) - set(STUDIES))
     if unknown:
         parser.error(f"unknown study: {', '.join(unknown)} (known: {', '.join(STUDIES)})")
-    args.names = [n for n in STUDIES if not names or n in names]
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    have = available()
+    args.names = [n for n in have if not names or n in names]
+    args.missing = [n for n in STUDIES if n not in have and (not names or n in names)]
     return args
-
-
-def write_report(ctx: Context, results: list[tuple[StudyResult, float]], env: dict) -> Path:
-    lines = [
-        "# twinopt benchmark report",
-        "",
-        f"Run {env['started']}{' (--quick)' if ctx.quick else ''} on {env['machine']['cpu']} "
-        f"({env['machine']['cpu_count']} cores), device {ctx.device}.",
-        "",
-        "Library versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-        "",
-        "## Summary",
-        "",
-        markdown_table(
-            ["study", "verdict", "seconds"], [(r.name, r.verdict, f"{s:.1f}") for r, s in results]
-        ),
-        "",
-    ]
-    for result, _ in results:
-        lines += [
-            f"## {result.name}",
-            "",
-            f"*{result.question}*",
-            "",
-            f"**Verdict:** {result.verdict}",
-            "",
-        ]
-        for table in result.tables:
-            lines += [table, ""]
-        for fig in result.figures:
-            lines += [f"![{fig}]({fig})", ""]
-        lines += [f"- {note}" for note in result.notes] + [""]
-    pending = [name for name in PENDING if name not in {r.name for r, _ in results}]
-    if pending:
-        lines += ["## Not run yet", ""]
-        lines += [f"- `{name}`: waits for {PENDING[name]}." for name in pending] + [""]
-    path = ctx.path("report.md")
-    path.write_text("\n".join(lines))
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now()
-    out = (
-        Path(args.out)
-        if args.out
-        else (Path(__file__).parent / "results" / started.strftime("%Y%m%d-%H%M%S"))
-    )
+    default = Path(__file__).parent / "results" / started.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else default
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(quick=args.quick, seeds=args.seeds, device=args.device, out_dir=out)
-    env = {
-        "started": started.isoformat(timespec="seconds"),
-        "machine": machine(args.device),
-        "versions": versions(),
-        "quick": args.quick,
-        "seeds": args.seeds,
-    }
-    results = []
+    env = {"started": started.isoformat(timespec="seconds"), "machine": machine(args.device)}
+    env |= {"versions": versions(), "quick": args.quick, "seeds": args.seeds}
+    studies = []
     for i, name in enumerate(args.names, 1):
         print(f"[{i}/{len(args.names)}] {name} ...", file=sys.stderr, flush=True)
+        module = importlib.import_module(f"benchmarks.{name}")
         start = time.perf_counter()
-        result = importlib.import_module(STUDIES[name]).run(ctx)
+        result = module.run(ctx)
         seconds = time.perf_counter() - start
-        results.append((result, seconds))
-        record = {
-            "study": name,
-            "question": result.question,
-            "verdict": result.verdict,
-            "seconds": seconds,
-            "settings": result.settings,
-            "environment": env,
-            "figures": result.figures,
-            "notes": result.notes,
-            "results": result.data,
-        }
-        ctx.path(f"{name}.json").write_text(json.dumps(record, indent=1))
+        studies.append(write_study(out, name, module.QUESTION, result, seconds, env))
         print(f"[{i}/{len(args.names)}] {name} done in {seconds:.1f} s", file=sys.stderr)
-    report = write_report(ctx, results, env)
-    print()
-    print(
-        markdown_table(
-            ["study", "verdict", "seconds"], [(r.name, r.verdict, f"{s:.1f}") for r, s in results]
-        )
-    )
-    print(f"\nreport: {report}")
+    report = write_report(out, studies, env, args.missing)
+    print("\n" + summary_table(studies) + f"\n\nreport: {report}")
     return 0
 
 

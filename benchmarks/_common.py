@@ -1,13 +1,13 @@
-"""What every study shares: the run context, the result record, the environment, tables."""
+"""What every study shares: the run context, the result, the environment and small helpers."""
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,34 +17,44 @@ import numpy as np
 
 @dataclass
 class Context:
-    """How the suite was asked to run."""
+    """How the suite was asked to run: ``quick`` (a smoke run: the same code on fewer steps and
+    seeds), the number of ``seeds``, the torch ``device`` and the output folder."""
 
     quick: bool
     seeds: int
     device: str
     out_dir: Path
 
-    def path(self, name: str) -> Path:
-        return self.out_dir / name
+    def sized(self, full, quick):
+        """``quick`` under ``--quick``, else ``full``."""
+        return quick if self.quick else full
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds of a noisy study: one under ``--quick``."""
+        return list(range(1 if self.quick else self.seeds))
 
 
 @dataclass
 class StudyResult:
-    """What a study reports: a verdict line, markdown tables, figures, and its raw data."""
+    """What a study returns (the contract in ``benchmarks/__main__.py``): a one-sentence verdict,
+    plain-data records, table and figure specs from ``benchmarks._report``, settings, notes."""
 
-    name: str
-    question: str
     verdict: str
-    settings: dict[str, Any]
-    data: dict[str, Any]
-    tables: list[str] = field(default_factory=list)
-    figures: list[str] = field(default_factory=list)
+    records: dict[str, Any]
+    tables: list[dict] = field(default_factory=list)
+    figures: list[dict] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def frameworks() -> list[str]:
     """The installed frameworks among torch and jax (each study runs every one it can)."""
-    return [name for name in ("torch", "jax") if importlib.util.find_spec(name) is not None]
+    return [name for name in ("torch", "jax") if installed(name)]
 
 
 def versions() -> dict[str, str]:
@@ -59,68 +69,45 @@ def versions() -> dict[str, str]:
 
 def machine(device: str) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "system": platform.system(),
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "device": device,
-    }
+    return {"system": platform.system(), "cpu": cpu, "cpu_count": os.cpu_count(), "device": device}
 
 
-def interleaved_medians(
-    fns: dict,
-    repeats: int,
-    warmup: int = 3,
-    sync=None,
-    block: int = 1,
-    block_warmup: int = 0,
-    timer=None,
-) -> dict:
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 3, sync=None, timer=None) -> dict:
     """Median seconds per call of each function, the repeats interleaved (one call of each in
-    turn, ``sync(output)`` after each where given) so that a change of load on the shared
-    machine (its share of cache and memory bandwidth drifts during a run) hits every function
-    alike; ``warmup`` calls of each first. A call is timed by the host's clock, or by
-    ``timer(fn)`` (seconds) where given, e.g. :func:`cuda_event_timer`.
+    turn) so that a change of load on a shared machine hits every function alike; ``warmup``
+    calls of each first; ``sync(output)`` after each call where given. A call is timed by the
+    host's clock, or by ``timer(fn)`` (seconds) where given, e.g. :func:`cuda_event_timer`."""
+    times = interleaved_times(fns, repeats, warmup, sync, timer)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
-    With ``block > 1`` each turn is a block instead of one call: ``block_warmup`` untimed calls,
-    then ``block`` timed ones, back to back (a function's steady speed when repeated alone,
-    still measured in alternation with the others); the median is over all ``repeats * block``
-    timed calls."""
 
-    def call(fn) -> None:
-        out = fn()
-        if sync is not None:
-            sync(out)
+def interleaved_times(fns: dict, repeats: int, warmup: int = 3, sync=None, timer=None) -> dict:
+    """Every timed call's seconds of :func:`interleaved_medians`, per function."""
 
     def clock(fn) -> float:
         start = time.perf_counter()
-        call(fn)
+        out = fn()
+        if sync is not None:
+            sync(out)
         return time.perf_counter() - start
 
-    timer = clock if timer is None else timer
+    timer = timer or clock
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict = {key: [] for key in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            for _ in range(block_warmup):
-                call(fn)
-            times[key] += [timer(fn) for _ in range(block)]
-    return {key: float(np.median(t)) for key, t in times.items()}
+            times[key].append(timer(fn))
+    return times
 
 
 def cuda_event_timer(fn) -> float:
-    """Seconds one call of ``fn`` spans on the GPU's timeline: between CUDA events recorded on
-    the current stream before and after it (the host's launches included where the GPU waits
-    for them, not the host's wait for the end), read once the end event has completed."""
+    """Seconds one call of ``fn`` spans on the GPU's timeline (CUDA events around it)."""
     import torch
 
     start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
@@ -132,101 +119,49 @@ def cuda_event_timer(fn) -> float:
 
 
 def torch_timer(device: str):
-    """The ``timer`` of :func:`interleaved_medians` for torch work on ``device``: CUDA events
-    on a GPU, the host's clock (``None``) elsewhere."""
+    """The ``timer`` for torch work on ``device``: CUDA events on a GPU, else the host clock."""
     return cuda_event_timer if device.startswith("cuda") else None
 
 
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    """Median milliseconds per call of one function (``warmup`` calls first)."""
-    return interleaved_medians({"fn": fn}, repeats, warmup)["fn"] * 1e3
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch on ``n`` intra-op threads, restored afterwards (also a decorator)."""
+    import torch
 
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    def cell(x: Any) -> str:
-        if isinstance(x, float):
-            return f"{x:.3g}"
-        return str(x)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
-    """``tqdm`` over ``items`` when it is installed, else a plain counter on stderr."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
-        from tqdm.auto import tqdm
-
-        yield from tqdm(items, desc=desc, leave=False)
-    except ImportError:
-        import sys
-
-        for i, item in enumerate(items, 1):
-            print(f"  {desc}: {i}/{len(items)}", file=sys.stderr, flush=True)
-            yield item
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def xla_options(quick: bool) -> dict | None:
+    """XLA's compiler options: under ``--quick`` no backend optimizations (compiling dominates
+    a smoke run)."""
+    return {"xla_backend_optimization_level": 0} if quick else None
 
 
-def save_figure(ctx: Context, fig, name: str) -> str:
-    """Write ``fig`` as ``name`` (PNG) into the run's folder, close it, return ``name``."""
-    fig.tight_layout()
-    fig.savefig(ctx.path(name), dpi=110)
-    pyplot().close(fig)
-    return name
+def jit_compile(fn, *args, quick: bool = False, **jit_args):
+    """``jax.jit(fn, **jit_args)`` compiled for ``args`` with :func:`xla_options`."""
+    import jax
+
+    return jax.jit(fn, **jit_args).lower(*args).compile(xla_options(quick))
 
 
-# The JSON file each study writes (``<study>.json``), as a JSON Schema (draft 2020-12); the
-# smoke test validates every study's file against it.
-RESULT_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": [
-        "study",
-        "question",
-        "verdict",
-        "seconds",
-        "settings",
-        "environment",
-        "figures",
-        "notes",
-        "results",
-    ],
-    "properties": {
-        "study": {"type": "string", "minLength": 1},
-        "question": {"type": "string", "pattern": r"\?$"},
-        "verdict": {"type": "string", "minLength": 1},
-        "seconds": {"type": "number", "exclusiveMinimum": 0},
-        "settings": {"type": "object", "minProperties": 1},
-        "environment": {
-            "type": "object",
-            "required": ["started", "machine", "versions", "quick", "seeds"],
-            "properties": {
-                "started": {"type": "string"},
-                "machine": {
-                    "type": "object",
-                    "required": ["system", "machine", "cpu", "cpu_count", "device"],
-                },
-                "versions": {
-                    "type": "object",
-                    "required": ["python", "numpy", "torch", "jax", "optax"],
-                    "additionalProperties": {"type": "string"},
-                },
-                "quick": {"type": "boolean"},
-                "seeds": {"type": "integer", "minimum": 1},
-            },
-        },
-        "figures": {"type": "array", "items": {"type": "string", "pattern": r"\.png$"}},
-        "notes": {"type": "array", "items": {"type": "string"}},
-        "results": {"type": "object", "minProperties": 1},
-    },
-}
+def jit_run(fn, *args, quick: bool = False):
+    """``jax.jit(fn)(*args)``, compiled by :func:`jit_compile`."""
+    return jit_compile(fn, *args, quick=quick)(*args)
+
+
+def log_steps(steps: int, points: int = 120) -> np.ndarray:
+    """About ``points`` log-spaced indices in ``0..steps`` (0 and ``steps`` included)."""
+    return np.unique(np.concatenate([[0], np.geomspace(1, steps, points).astype(int)]))
+
+
+def geo_mean(values, axis=0, floor: float = 1e-18) -> np.ndarray:
+    """The geometric mean of positive values (clipped at ``floor``; non-finite ones count as
+    1e300)."""
+    v = np.asarray(values, np.float64)
+    v = np.where(np.isfinite(v), np.maximum(v, floor), 1e300)
+    return 10 ** np.log10(v).mean(axis=axis)

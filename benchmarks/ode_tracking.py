@@ -1,98 +1,63 @@
 """Study ``ode_tracking``: does RMSprop follow its ODE, and at what order?
 
-RMSprop with step ``lr`` and decay ``1 - rate * lr`` is the explicit Euler method for the
-vector field ``rmsprop_vector_field(rate=rate)`` of each package (math.md §1.3). We integrate
-the limit ODE (``lr = 0``) with scipy's ``solve_ivp`` to the ODE time ``T``, run each
-package's optimizer for ``T / lr`` steps, and measure the error at ``T`` for a range of ``lr``.
-A first-order method has error proportional to ``lr`` (log-log slope 1) once ``lr`` is below
-the stability limit of the problem.
-
-Run alone: ``python -m benchmarks --only ode_tracking``.
+RMSprop with step ``lr`` and decay ``1 - rate * lr`` is the explicit Euler method for the vector
+field ``rmsprop_vector_field(rate=rate)`` of each package (math.md §1.3). The study integrates
+that field with scipy's ``solve_ivp`` (DOP853) to ODE time ``T``, runs each package's optimizer
+for ``T / lr`` steps and fits the order of the error at ``T`` in ``lr`` (a first-order method:
+log-log slope 1, once ``lr`` is below the problem's stability limit).
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from benchmarks._common import (
-    Context,
-    StudyResult,
-    frameworks,
-    markdown_table,
-    progress,
-    pyplot,
-    save_figure,
-)
+from benchmarks._common import Context, StudyResult, frameworks, torch_threads
+from benchmarks._report import FW_STYLE, curve, figure, panel, span, table
 from benchmarks.problems import QUADRATIC_2D, ROSENBROCK_2D, Problem
 
 NAME = "ode_tracking"
 QUESTION = "Does RMSprop follow its ODE, and at what order?"
 
-RATE = 2.0  # relaxation rate of the second moment in ODE time: decay = 1 - RATE * lr
-EPS = 1e-8  # inside the square root (Su's form)
+RATE, EPS = 2.0, 1e-8  # decay = 1 - RATE * lr; eps inside the square root (Su's form)
 SPEC_LRS = [0.1, 0.05, 0.025, 0.0125]  # benchmarks.md
 SCALES = ("elementwise", "global")
 TAIL = 3  # the smallest lrs, where the asymptotic order shows
 
 
 def initial_scale(problem: Problem, scale: str) -> float:
-    """A warm second moment: the mean (elementwise) or the sum (global) of g(theta0)^2.
-
-    With G0 = 0 the first step is sqrt(lr / rate) * sign(g), O(sqrt(lr)) instead of O(lr),
-    which would hide the order of the method behind its start-up.
-    """
+    """A warm second moment from g(theta0)^2 (mean or sum): with G0 = 0 the first step is
+    O(sqrt(lr)), which would hide the method's order behind its start-up."""
     g2 = problem.grad(problem.theta0) ** 2
     return float(g2.mean() if scale == "elementwise" else g2.sum())
 
 
-class TorchSide:
-    name = "torch"
+def rmsprop_args(scale: str) -> dict:
+    """The arguments the field and the optimizer share (eps inside the square root)."""
+    return {"eps": EPS, "eps_in_sqrt": True, "scale": scale}
 
-    def __init__(self):
-        import torch
 
-        import torch_opt
+def torch_side():
+    import torch
 
-        self.torch, self.mod = torch, torch_opt
+    import torch_opt
 
-    def grad_fn(self, problem):
-        torch = self.torch
-
+    def field(problem, scale):
         def grad(theta):
             theta = theta.detach().requires_grad_()
             with torch.enable_grad():
-                (g,) = torch.autograd.grad(problem.f(theta), theta)
-            return g
+                return torch.autograd.grad(problem.f(theta), theta)[0]
 
-        return grad
+        f = torch_opt.rmsprop_vector_field(grad, rate=RATE, **rmsprop_args(scale))
+        return lambda theta, G: [x.numpy() for x in f(torch.tensor(theta), torch.tensor(G))]
 
-    def field(self, problem, scale):
-        f = self.mod.rmsprop_vector_field(
-            self.grad_fn(problem), rate=RATE, eps=EPS, eps_in_sqrt=True, scale=scale
-        )
-
-        def numpy_field(theta, G):
-            t = self.torch
-            out = f(t.tensor(theta), t.tensor(G))
-            return tuple(x.numpy() for x in out)
-
-        return numpy_field
-
-    def optimize(self, problem, scale, lr, steps, G0):
-        torch = self.torch
+    @torch_threads(1)  # tiny tensors: a second thread only adds waiting
+    def optimize(problem, scale, lr, steps, G0):
         theta = torch.tensor(problem.theta0, dtype=torch.float64, requires_grad=True)
-        opt = self.mod.RMSpropODE(
-            [theta],
-            lr=lr,
-            alpha=1 - RATE * lr,
-            eps=EPS,
-            eps_in_sqrt=True,
-            scale=scale,
-            initial_scale=G0,
-        )
+        args = {"lr": lr, "alpha": 1 - RATE * lr, "initial_scale": G0} | rmsprop_args(scale)
+        opt = torch_opt.RMSpropODE([theta], **args)
         path = [problem.theta0.copy()]
         for _ in range(steps):
             opt.zero_grad()
@@ -101,89 +66,58 @@ class TorchSide:
             path.append(theta.detach().numpy().copy())
         return np.array(path)
 
+    return field, optimize, contextlib.nullcontext
 
-class JaxSide:
-    name = "jax"
 
-    def __init__(self):
-        import jax
-        import optax
+def jax_side():
+    import jax
+    import optax
 
-        import jax_opt
+    import jax_opt
 
-        self.jax, self.optax, self.mod = jax, optax, jax_opt
-        self._steps = {}
+    compiled = {}
 
-    def field(self, problem, scale):
-        jax = self.jax
+    def field(problem, scale):
         with jax.enable_x64(True):
-            f = jax.jit(
-                self.mod.rmsprop_vector_field(
-                    jax.grad(problem.f), rate=RATE, eps=EPS, eps_in_sqrt=True, scale=scale
-                )
-            )
+            f = jax_opt.rmsprop_vector_field(jax.grad(problem.f), rate=RATE, **rmsprop_args(scale))
+            f = jax.jit(f)
+        return lambda theta, G: [np.asarray(x) for x in f(theta, G)]
 
-        def numpy_field(theta, G):
-            with jax.enable_x64(True):
-                return tuple(np.asarray(x) for x in f(theta, G))
-
-        return numpy_field
-
-    def _opt_and_step(self, problem, scale, G0):
-        """One optimizer and one jitted step per (problem, scale); lr and decay are injected
-        hyperparameters, so changing them does not recompile."""
+    def optimize(problem, scale, lr, steps, G0):
+        """The last iterate only (a ``fori_loop``: lr, decay and steps are traced, so one
+        compilation serves every lr)."""
         key = (problem.name, scale)
-        if key not in self._steps:
-            jax, optax = self.jax, self.optax
-            opt = optax.inject_hyperparams(self.mod.rmsprop_ode)(
-                learning_rate=0.1,
-                decay=0.8,
-                eps=EPS,
-                initial_scale=G0,
-                eps_in_sqrt=True,
-                scale=scale,
-            )
+        if key not in compiled:
+            rmsprop = optax.inject_hyperparams(jax_opt.rmsprop_ode)  # lr and decay traced
+            opt = rmsprop(learning_rate=0.1, decay=0.8, initial_scale=G0, **rmsprop_args(scale))
 
-            def step(theta, state):
+            def body(_, carry):
+                theta, state = carry
                 updates, state = opt.update(jax.grad(problem.f)(theta), state, theta)
                 return optax.apply_updates(theta, updates), state
 
-            self._steps[key] = (opt, jax.jit(step))
-        return self._steps[key]
+            def last(theta, lr, steps):
+                state = opt.init(theta)
+                state.hyperparams["learning_rate"] = lr
+                state.hyperparams["decay"] = 1 - RATE * lr
+                return jax.lax.fori_loop(0, steps, body, (theta, state))[0]
 
-    def optimize(self, problem, scale, lr, steps, G0):
-        jax = self.jax
+            compiled[key] = jax.jit(last)
         with jax.enable_x64(True):
-            opt, step = self._opt_and_step(problem, scale, G0)
-            theta = jax.numpy.asarray(problem.theta0)
-            state = opt.init(theta)
-            for name, value in (("learning_rate", lr), ("decay", 1 - RATE * lr)):
-                state.hyperparams[name] = jax.numpy.asarray(value, state.hyperparams[name].dtype)
-            path = [problem.theta0.copy()]
-            for _ in range(steps):
-                theta, state = step(theta, state)
-                path.append(np.asarray(theta))
-        return np.array(path)
+            return np.asarray(compiled[key](problem.theta0, lr, steps))[None]
+
+    return field, optimize, lambda: jax.enable_x64(True)
 
 
-def integrate(field, theta0, G0, t_end, t_eval=None):
-    theta0 = np.asarray(theta0, np.float64)
-    G0 = np.asarray(G0, np.float64)
+def integrate(field, theta0, G0, t_end, grid):
     n = theta0.size
 
     def rhs(_t, y):
-        dth, dG = field(y[:n].reshape(theta0.shape), y[n:].reshape(G0.shape))
+        dth, dG = field(y[:n], y[n:] if np.ndim(G0) else y[n])
         return np.concatenate([np.ravel(dth), np.ravel(dG)])
 
-    sol = solve_ivp(
-        rhs,
-        (0.0, t_end),
-        np.concatenate([theta0.ravel(), G0.ravel()]),
-        method="DOP853",
-        rtol=1e-11,
-        atol=1e-13,
-        t_eval=t_eval,
-    )
+    y0 = np.concatenate([theta0, np.ravel(G0)])
+    sol = solve_ivp(rhs, (0, t_end), y0, method="DOP853", rtol=1e-11, atol=1e-13, t_eval=grid)
     if not sol.success:
         raise RuntimeError(sol.message)
     return sol.y[:n].T
@@ -194,164 +128,63 @@ def slope(lrs, errors) -> float:
 
 
 def run(ctx: Context) -> StudyResult:
-    t_end = 0.5 if ctx.quick else 1.0
-    lrs = SPEC_LRS + [SPEC_LRS[-1] / 2**k for k in range(1, 5 if ctx.quick else 8)]
-    sides = {"torch": TorchSide, "jax": JaxSide}
-    sides = [sides[name]() for name in frameworks()]
-    problems = (QUADRATIC_2D, ROSENBROCK_2D)
-    records, paths = [], {}
-    jobs = [(p, s, side) for p in problems for s in SCALES for side in sides]
-    for problem, scale, side in progress(jobs, NAME):
-        G0 = initial_scale(problem, scale)
-        G_init = np.full(problem.theta0.shape, G0) if scale == "elementwise" else np.float64(G0)
-        grid = np.linspace(0.0, t_end, 201)
-        ode_path = integrate(side.field(problem, scale), problem.theta0, G_init, t_end, grid)
-        exact = ode_path[-1]
-        errors, seconds = [], []
-        for lr in lrs:
-            start = time.perf_counter()
-            path = side.optimize(problem, scale, lr, round(t_end / lr), G0)
-            seconds.append(time.perf_counter() - start)
-            errors.append(float(np.linalg.norm(path[-1] - exact)))
-            if lr in (lrs[0], SPEC_LRS[-1], lrs[-1]):
-                paths[(problem.name, scale, side.name, lr)] = path
-        paths[(problem.name, scale, side.name, "ode")] = ode_path
-        records.append(
-            {
-                "problem": problem.name,
-                "scale": scale,
-                "framework": side.name,
-                "initial_scale": G0,
-                "theta_ode": exact.tolist(),
-                "lrs": lrs,
-                "errors": errors,
-                "seconds": seconds,
-                "slope_spec": slope(SPEC_LRS, errors[: len(SPEC_LRS)]),
-                "slope_tail": slope(lrs[-TAIL:], errors[-TAIL:]),
-            }
-        )
+    t_end, fws, problems = ctx.sized(1.0, 0.25), frameworks(), (QUADRATIC_2D, ROSENBROCK_2D)
+    lrs = SPEC_LRS + [SPEC_LRS[-1] / 2**k for k in range(1, ctx.sized(8, 6))]
+    records, paths = [], {p.name: [] for p in problems}
+    for fw in fws:
+        field, optimize, context = {"torch": torch_side, "jax": jax_side}[fw]()
+        for problem, scale in ((p, s) for p in problems for s in SCALES):
+            G0 = initial_scale(problem, scale)
+            G_init = np.full(2, G0) if scale == "elementwise" else np.float64(G0)
+            with context():
+                grid = np.linspace(0, t_end, 201)
+                flow = integrate(field(problem, scale), problem.theta0, G_init, t_end, grid)
+            errors, plot = [], scale == "elementwise" and fw == fws[0]
+            for lr in lrs:
+                path = optimize(problem, scale, lr, round(t_end / lr), G0)
+                errors.append(float(np.linalg.norm(path[-1] - flow[-1])))
+                if plot and lr in (lrs[0], SPEC_LRS[-1]):
+                    paths[problem.name].append(curve(f"RMSprop, lr {lr:g}", *path.T, ".-"))
+            if plot:
+                paths[problem.name].append(curve(f"ODE flow to T = {t_end}", *flow.T, "k-"))
+            spec, tail = slope(SPEC_LRS, errors[:4]), slope(lrs[-TAIL:], errors[-TAIL:])
+            run = {"problem": problem.name, "scale": scale, "framework": fw, "lrs": lrs}
+            records.append(run | {"errors": errors, "slope_spec": spec, "slope_tail": tail})
 
-    figures = [plot_errors(ctx, records), plot_paths(ctx, paths, lrs, t_end)]
-    rows = [
-        (
-            r["problem"],
-            r["scale"],
-            r["framework"],
-            r["slope_spec"],
-            r["slope_tail"],
-            r["errors"][len(SPEC_LRS) - 1],
-            r["errors"][-1],
-        )
-        for r in records
-    ]
-    table = markdown_table(
-        [
-            "problem",
-            "scale",
-            "framework",
-            "slope, lr 0.1 to 0.0125",
-            f"slope, lr {lrs[-TAIL]:.2g} to {lrs[-1]:.2g}",
-            "error at lr 0.0125",
-            f"error at lr {lrs[-1]:.3g}",
-        ],
-        rows,
+    def order(problem):
+        return span([r["slope_tail"] for r in records if r["problem"] == problem])
+
+    first = all(0.8 <= r["slope_tail"] <= 1.2 for r in records)
+    verdict = (
+        f"RMSprop {'is' if first else 'is not'} first order in lr: at fixed ODE time its error "
+        f"falls as lr^{order('quadratic2d')} on the quadratic and as lr^{order('rosenbrock2d')} on "
+        f"Rosenbrock for lr {lrs[-TAIL]:.2g} to {lrs[-1]:.2g}, element-wise and global, in "
+        f"{' and '.join(fws)}."
     )
-    agree = _framework_agreement(records)
-    notes = [
-        f"Errors at ODE time T = {t_end} against scipy DOP853 (rtol 1e-11) on each "
-        f"package's own vector field; decay = 1 - {RATE} lr, eps = {EPS} inside the root, "
-        "second moment warm-started from g(theta0)^2."
+    columns = {"problem": "problem", "scale": "scale", "framework": "framework",
+               "slope, lr 0.1 to 0.0125": "slope_spec:.2f",
+               f"slope, lr {lrs[-TAIL]:.2g} to {lrs[-1]:.2g}": "slope_tail:.2f",
+               "error at lr 0.0125": lambda r: r["errors"][len(SPEC_LRS) - 1],
+               f"error at lr {lrs[-1]:.2g}": lambda r: r["errors"][-1]}  # fmt: skip
+    error_panels = []
+    for p in problems:
+        mine = [r for r in records if r["problem"] == p.name]
+        curves = []
+        for r in mine:
+            style, color = "o" + FW_STYLE[r["framework"]], SCALES.index(r["scale"])
+            curves.append(curve(f"{r['scale']} ({r['framework']})", lrs, r["errors"], style, color))
+        axes = {"xlabel": "lr (Euler step in ODE time)", "ylabel": f"error at T = {t_end}"}
+        error_panels.append(panel(curves, p.name, xscale="log", yscale="log", **axes))
+    path_panels = [
+        panel(c, f"{name}, element-wise ({fws[0]})", xlabel="x", ylabel="y")
+        for name, c in paths.items()
     ]
-    if agree is not None:
-        notes.append(f"torch and JAX errors agree to a relative {agree:.1e} (float64).")
-    return StudyResult(
-        name=NAME,
-        question=QUESTION,
-        verdict=_verdict(records, lrs),
-        settings={
-            "t_end": t_end,
-            "rate": RATE,
-            "eps": EPS,
-            "eps_in_sqrt": True,
-            "lrs": lrs,
-            "problems": {p.name: p.description for p in problems},
-        },
-        data={"records": records},
-        tables=[table],
-        figures=figures,
-        notes=notes,
-    )
-
-
-def _framework_agreement(records):
-    by_key = {}
-    for r in records:
-        by_key.setdefault((r["problem"], r["scale"]), []).append(np.array(r["errors"]))
-    diffs = [
-        np.max(np.abs(a - b) / np.abs(b))
-        for a, b in (pair for pair in by_key.values() if len(pair) == 2)
+    figures = [
+        figure("ode_tracking_errors", error_panels),
+        figure("ode_tracking_paths", path_panels),
     ]
-    return float(max(diffs)) if diffs else None
-
-
-def _verdict(records, lrs) -> str:
-    def span(problem, key):
-        values = [r[key] for r in records if r["problem"] == problem]
-        return min(values), max(values)
-
-    def show(bounds):
-        return f"{bounds[0]:.2f}-{bounds[1]:.2f}"
-
-    quad, tail = span("quadratic2d", "slope_spec"), span("rosenbrock2d", "slope_tail")
-    order = "first order" if all(0.8 <= v <= 1.2 for v in (*quad, *tail)) else "not first order"
-    return (
-        f"{order}: the error at fixed ODE time falls as lr^{show(quad)} on the quadratic "
-        f"(lr 0.1 to 0.0125) and as lr^{show(tail)} on Rosenbrock for lr {lrs[-TAIL]:.2g} to "
-        f"{lrs[-1]:.2g}; at lr 0.1 to 0.0125 Rosenbrock's curved valley is beyond the Euler "
-        f"stability limit (slope {show(span('rosenbrock2d', 'slope_spec'))})"
-    )
-
-
-def plot_errors(ctx: Context, records) -> str:
-    plt = pyplot()
-    problems = sorted({r["problem"] for r in records})
-    fig, axes = plt.subplots(1, len(problems), figsize=(5.5 * len(problems), 4.2))
-    for ax, problem in zip(np.atleast_1d(axes), problems, strict=True):
-        for r in (r for r in records if r["problem"] == problem):
-            marker = "o" if r["framework"] == "torch" else "x"
-            label = f"{r['scale']} ({r['framework']})"
-            ax.loglog(r["lrs"], r["errors"], marker=marker, label=label)
-        lrs = np.array(records[0]["lrs"])
-        ref_err = min(r["errors"][-1] for r in records if r["problem"] == problem)
-        ax.loglog(lrs, ref_err * lrs / lrs[-1], "k--", lw=1, label="slope 1")
-        ax.axvspan(SPEC_LRS[-1], SPEC_LRS[0], color="0.9", zorder=0)
-        ax.set(title=problem, xlabel="lr (Euler step in ODE time)", ylabel="error at T")
-        ax.legend(fontsize=8)
-    return save_figure(ctx, fig, "ode_tracking_errors.png")
-
-
-def plot_paths(ctx: Context, paths, lrs, t_end) -> str:
-    plt = pyplot()
-    side = next(iter({k[2] for k in paths}))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, problem in zip(axes, (QUADRATIC_2D, ROSENBROCK_2D), strict=True):
-        ode = paths[(problem.name, "elementwise", side, "ode")]
-        pts = np.concatenate(
-            [ode]
-            + [paths[(problem.name, "elementwise", side, lr)] for lr in (lrs[0], SPEC_LRS[-1])]
-        )
-        lo, hi = pts.min(0), pts.max(0)
-        pad = 0.15 * (hi - lo) + 1e-3
-        x, y = np.meshgrid(
-            np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200),
-            np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200),
-        )
-        z = problem.f(np.stack([x, y]))
-        ax.contour(x, y, np.log1p(z), levels=25, cmap="Greys", linewidths=0.6)
-        ax.plot(ode[:, 0], ode[:, 1], "k-", lw=2, label=f"ODE flow to T = {t_end}")
-        for lr, style in ((lrs[0], "o-"), (SPEC_LRS[-1], ".-"), (lrs[-1], "-")):
-            path = paths[(problem.name, "elementwise", side, lr)]
-            ax.plot(path[:, 0], path[:, 1], style, ms=3, lw=1, label=f"RMSprop, lr = {lr:.3g}")
-        ax.set(title=f"{problem.name}, elementwise ({side})", xlabel="x", ylabel="y")
-        ax.legend(fontsize=8)
-    return save_figure(ctx, fig, "ode_tracking_paths.png")
+    settings = {"t_end": t_end, "rate": RATE, "eps": EPS, "eps_in_sqrt": True, "lrs": lrs}
+    settings["reference"] = "scipy solve_ivp DOP853, rtol 1e-11, on each package's field"
+    settings["problems"] = {p.name: p.description for p in problems}
+    tables = [table(records, columns)]
+    return StudyResult(verdict, {"runs": records}, tables, figures, settings)

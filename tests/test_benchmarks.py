@@ -1,5 +1,6 @@
-"""Smoke test of the main job: ``python -m benchmarks --quick`` writes its report, one JSON per
-study with the agreed fields, and non-empty PNG plots. No timing assertions."""
+"""Smoke tests of ``python -m benchmarks``: every study's ``--quick`` path writes its JSON
+(records, tables, a one-sentence verdict), its PNG plots and its section of the report; the
+shared rendering layer works on its own. No timing assertions."""
 
 from __future__ import annotations
 
@@ -7,36 +8,111 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every study's --quick run: about a minute
+
 pytest.importorskip("matplotlib")
 pytest.importorskip("scipy")
-jsonschema = pytest.importorskip("jsonschema")
 
-from benchmarks.__main__ import STUDIES, main  # noqa: E402
-from benchmarks._common import RESULT_SCHEMA  # noqa: E402
+from benchmarks.__main__ import STUDIES, available, main  # noqa: E402
+from benchmarks._common import Context, StudyResult, interleaved_medians  # noqa: E402
+from benchmarks._report import (  # noqa: E402
+    cell,
+    curve,
+    line_plot,
+    markdown_table,
+    panel,
+    record_curve,
+    table,
+    write_report,
+    write_study,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
+KEYS = {"study", "question", "verdict", "seconds", "settings", "environment", "notes", "tables",
+        "figures", "records"}  # fmt: skip
 
 
-def test_the_schema_rejects_a_broken_record():
-    record = {"study": "x", "question": "no question mark", "verdict": "v", "seconds": 1.0}
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(record, RESULT_SCHEMA)
+def check_png(path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG) and len(data) > 5_000
 
 
-@pytest.mark.parametrize("study", sorted(STUDIES))
-def test_quick_run_writes_report_json_and_plots(study, tmp_path):
+def test_the_report_layer_renders_tables_plots_and_json(tmp_path):
+    records = [{"name": "a", "ms": 1.23456, "n": 12345, "ok": True}, {"name": "b", "ms": None}]
+    spec = table(records, {"name": "name", "ms / step": "ms:.2f", "count": "n", "ok": "ok",
+                           "twice": lambda r: 2 * (r["ms"] or 0)}, "Title")  # fmt: skip
+    assert spec["rows"] == [["a", "1.23", "12,345", "yes", "2.47"], ["b", "", "", "", "0"]]
+    assert markdown_table(spec).splitlines()[:3] == [
+        "**Title**", "", "| name | ms / step | count | ok | twice |"]  # fmt: skip
+    plot = line_plot("demo", [curve("x^2", [1, 2, 3], [1, 4, 9], "o-", 0)], "t", yscale="log")
+    result = StudyResult("A verdict.", {"runs": records}, tables=[spec], figures=[plot],
+                         notes=["a note"])  # fmt: skip
+    env = {"started": "now", "quick": True, "versions": {"numpy": "1"},
+           "machine": {"cpu": "cpu", "cpu_count": 2, "device": "cpu"}}  # fmt: skip
+    record = write_study(tmp_path, "demo", "Does it render?", result, 1.5, env)
+    assert json.loads((tmp_path / "demo.json").read_text()) == record
+    assert set(record) == KEYS and record["figures"] == ["demo.png"]
+    check_png(tmp_path / "demo.png")
+    report = write_report(tmp_path, [record], env, missing=["later"]).read_text()
+    for text in ("## demo", "**Verdict:** A verdict.", "| a | 1.23 |", "](demo.png)", "- a note",
+                 "Not in this checkout: later."):  # fmt: skip
+        assert text in report
+
+
+def test_panels_take_known_options_and_records_style_their_curves():
+    spec = panel([], "t", ylabel="y", hlines=[(1.0, "one")])
+    assert (spec["xlabel"], spec["ylabel"], spec["hlines"], spec["kind"]) == (
+        "step", "y", [[1.0, "one"]], "line")  # fmt: skip
+    with pytest.raises(TypeError, match="xlable"):
+        panel([], xlable="typo")
+    r = {"method": "b", "framework": "jax", "label": "B"}
+    c = record_curve(r, [1, 2], [3, 4], ["a", "b"], lw=2)
+    assert (c["label"], c["style"], c["color"], c["lw"]) == ("B [jax]", "--", 1, 2)
+    unlabelled = record_curve({"method": "a", "framework": "torch"}, [1], [1], ["a"])
+    assert (unlabelled["label"], unlabelled["style"], unlabelled["color"]) == ("a [torch]", "-", 0)
+
+
+def test_cells_format_numbers_and_missing_values():
+    assert [cell(None), cell(0.000123456), cell(float("nan")), cell(3), cell(0.5, ".0%")] == [
+        "", "0.000123", "diverged", "3", "50%"]  # fmt: skip
+
+
+def test_quick_and_full_sizes():
+    ctx = Context(quick=True, seeds=3, device="cpu", out_dir=None)
+    assert ctx.sized(10, 2) == 2 and ctx.seed_list == [0]
+    ctx.quick = False
+    assert ctx.sized(10, 2) == 10 and ctx.seed_list == [0, 1, 2]
+
+
+@pytest.mark.parametrize("study", available())
+def test_quick_run_writes_json_plots_and_report(study, tmp_path):
     assert main(["--quick", "--only", study, "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
     record = json.loads((tmp_path / f"{study}.json").read_text())
-    assert f"## {study}" in report and record["verdict"] in report
-    jsonschema.validate(record, RESULT_SCHEMA)
-    assert record["study"] == study
-    assert record["environment"]["versions"]["numpy"] != "not installed"
+    assert set(record) == KEYS and record["study"] == study
+    assert record["question"].endswith("?") and record["records"] and record["tables"]
+    verdict = record["verdict"]
+    assert 20 < len(verdict) <= 320 and "\n" not in verdict and verdict.endswith(".")
+    assert f"## {study}" in report and verdict in report
+    for t in record["tables"]:
+        assert t["rows"] and all(len(row) == len(t["headers"]) for row in t["rows"])
     assert record["figures"]  # every study plots something
     for figure in record["figures"]:
-        data = (tmp_path / figure).read_bytes()
-        assert data.startswith(PNG) and len(data) > 10_000
+        check_png(tmp_path / figure)
         assert f"]({figure})" in report
+    if study == "step_time":  # torch's fused CPU Adam is timed beside ours, by bytes per second
+        rows = {r["impl"]: r for r in record["records"]["rows"] if r["framework"] == "torch"}
+        assert rows["torch.optim.Adam(fused=True)"]["bytes_per_param"] == 28
+        assert all(r["limit_gbs"] > 0 and r["gbs"] > 0 for r in rows.values())
+
+
+def test_a_listed_study_that_is_not_in_the_checkout_is_reported(tmp_path, monkeypatch):
+    import benchmarks.__main__ as runner
+
+    monkeypatch.setattr(runner, "STUDIES", [*STUDIES, "not_here"])
+    assert "not_here" not in runner.available()
+    assert runner.main(["--quick", "--only", "not_here", "--out", str(tmp_path)]) == 0
+    assert "Not in this checkout: not_here." in (tmp_path / "report.md").read_text()
 
 
 def test_unknown_study_is_a_usage_error(capsys):
@@ -46,50 +122,15 @@ def test_unknown_study_is_a_usage_error(capsys):
     assert "unknown study: no_such_study" in capsys.readouterr().err
 
 
-def test_interleaved_medians_alternates_blocks_of_calls():
-    """``block``/``block_warmup``: each turn runs a function's untimed then timed calls back to
-    back, the functions' turns alternating; the default is one timed call per turn."""
-    from benchmarks._common import interleaved_medians
-
+def test_interleaved_medians_alternates_and_takes_a_timer():
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = interleaved_medians(fns, repeats=2, warmup=1, block=3, block_warmup=2)
-    assert calls == ["a", "b"] + (["a"] * 5 + ["b"] * 5) * 2
-    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
-    calls.clear()
-    interleaved_medians(fns, repeats=3, warmup=0)
-    assert calls == ["a", "b"] * 3
-
-
-def test_interleaved_medians_takes_a_timer():
-    """A ``timer`` times each timed call (the medians are of its values; warm-up calls are not
-    timed), and torch work on a GPU is timed with CUDA events, elsewhere by the host's clock."""
-    from benchmarks._common import cuda_event_timer, interleaved_medians, torch_timer
-
+    interleaved_medians(fns, repeats=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
     seconds = iter([5.0, 1.0, 3.0, 2.0, 4.0, 6.0])
-    timed = []
 
     def timer(fn):
         fn()
-        timed.append(fn)
         return next(seconds)
 
-    fns = {"a": lambda: "a", "b": lambda: "b"}
-    times = interleaved_medians(fns, repeats=3, warmup=2, timer=timer)
-    assert times == {"a": 4.0, "b": 2.0}  # a: 5, 3, 4; b: 1, 2, 6
-    assert [fn() for fn in timed] == ["a", "b"] * 3
-    assert torch_timer("cuda") is cuda_event_timer and torch_timer("cuda:1") is cuda_event_timer
-    assert torch_timer("cpu") is None
-
-
-def test_step_time_times_torchs_fused_path_beside_the_foreach_one():
-    """On request (by default on a GPU) the torch rows include torch.optim.Adam(fused=True),
-    counted at Adam's 28 bytes per parameter; on the CPU by default they do not."""
-    from benchmarks import step_time
-
-    sets = {"2 x (8x8)": [(8, 8)] * 2}
-    rows = step_time.torch_rows(sets, 2, "cpu", None, fused=True)
-    fused = [r for r in rows if r["impl"] == step_time.FUSED]
-    assert len(fused) == 1 and fused[0]["ms"] > 0
-    assert step_time.BYTES_PER_PARAM[step_time.form(step_time.FUSED)] == 28
-    assert step_time.FUSED not in {r["impl"] for r in step_time.torch_rows(sets, 2, "cpu", None)}
+    assert interleaved_medians(fns, repeats=3, warmup=0, timer=timer) == {"a": 4.0, "b": 2.0}
