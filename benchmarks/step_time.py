@@ -185,23 +185,27 @@ def run(ctx: Context) -> StudyResult:
         r["x_peer"], r["of_limit"] = peer and r["ms"] / peer["ms"], r["gbs"] / r["limit_gbs"]
 
     def vs_peer(impl):
-        return span([r["x_peer"] for r in rows if r["impl"] == impl and r["x_peer"] is not None])
+        """The ``lo-hi`` of ``impl``'s time over its peer's, ``None`` without the peer."""
+        values = [r["x_peer"] for r in rows if r["impl"] == impl and r["x_peer"] is not None]
+        return span(values) if values else None
 
     def best(impl):
         return max(r["of_limit"] for r in rows if r["impl"] == impl)
 
     parts = []
     if "torch" in fws:
+        amos = vs_peer("Amos(shape=())")
         parts.append(
             f"RMSpropODE() takes {vs_peer('RMSpropODE()')}x the time of {RMS} at up to "
             f"{best('RMSpropODE()'):.0%} of the measured bandwidth (torch's fused Adam: "
-            f"{best('torch.optim.Adam(fused=True)'):.0%}), Amos(shape=()) "
-            f"{vs_peer('Amos(shape=())')}x {AMOS}'s"
+            f"{best('torch.optim.Adam(fused=True)'):.0%})"
+            + (f", Amos(shape=()) {amos}x {AMOS}'s" if amos else "")
         )
     if "jax" in fws:
+        amos = vs_peer("amos")
         parts.append(
-            f"rmsprop_ode {vs_peer('rmsprop_ode')}x optax.rmsprop's, amos {vs_peer('amos')}x "
-            "the reference's"
+            f"rmsprop_ode {vs_peer('rmsprop_ode')}x optax.rmsprop's"
+            + (f", amos {amos}x the reference's" if amos else "")
         )
     verdict = "; ".join(parts) + f" ({ctx.device})."
     columns = {
