@@ -81,6 +81,23 @@ def _capture(graphs):
     return backend
 
 
+def _compiled_and_eager(build, steps, **compile_args):
+    """Two optimizers from ``build`` over equal parameters, one stepped through
+    ``torch.compile(opt.step, fullgraph=True)`` (which raises at any graph break), both on the
+    same gradients for ``steps`` steps: ``(params, optimizer)`` of each."""
+    runs = []
+    for compiled in (True, False):
+        params = [t.requires_grad_() for t in _tensors(0)]
+        opt = build(params)
+        step = torch.compile(opt.step, fullgraph=True, **compile_args) if compiled else opt.step
+        for i in range(steps):
+            for p, g in zip(params, _tensors(10 + i), strict=True):
+                p.grad = g
+            step()
+        runs.append((params, opt))
+    return runs
+
+
 CASES = [
     ("RMSpropODE", lambda ps: RMSpropODE(ps, lr=torch.tensor(0.01)), "rmsprop_ode_"),
     (
@@ -100,17 +117,8 @@ def test_compiled_step_runs_the_native_op_without_a_graph_break(name, build, op)
     """``torch.compile(opt.step, fullgraph=True)`` (which raises at any graph break) traces
     the default CPU step into one graph that calls the native op, and gives eager's
     parameters and state."""
-    params, twin = _tensors(0), _tensors(0)
-    for p in params + twin:
-        p.requires_grad_()
-    opt, eager = build(params), build(twin)
     graphs = []
-    step = torch.compile(opt.step, fullgraph=True, backend=_capture(graphs))
-    for i in range(3):
-        for p, q, g in zip(params, twin, _tensors(10 + i), strict=True):
-            p.grad, q.grad = g.clone(), g.clone()
-        step()
-        eager.step()
+    (params, opt), (twin, eager) = _compiled_and_eager(build, 3, backend=_capture(graphs))
     for p, q in zip(params, twin, strict=True):
         assert torch.equal(p, q)
         for key, value in opt.state[p].items():
@@ -125,16 +133,7 @@ def test_compiled_step_runs_the_native_op_without_a_graph_break(name, build, op)
 @pytest.mark.slow
 def test_inductor_compiles_a_step_around_the_native_op():
     """With torch.compile's default backend (TorchInductor) too: one graph, eager's result."""
-    params, twin = _tensors(0), _tensors(0)
-    for p in params + twin:
-        p.requires_grad_()
-    opt, eager = RMSpropODE(params, lr=torch.tensor(0.01)), RMSpropODE(twin, lr=torch.tensor(0.01))
-    step = torch.compile(opt.step, fullgraph=True)
-    for i in range(2):
-        for p, q, g in zip(params, twin, _tensors(10 + i), strict=True):
-            p.grad, q.grad = g.clone(), g.clone()
-        step()
-        eager.step()
+    (params, _), (twin, _) = _compiled_and_eager(CASES[0][1], 2)
     for p, q in zip(params, twin, strict=True):
         assert torch.equal(p, q)
 
