@@ -136,6 +136,23 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def jax_x64():
+    """float64 in JAX for the block: ``jax.enable_x64`` (jax 0.8+), else the flag, restored."""
+    import jax
+
+    if hasattr(jax, "enable_x64"):
+        with jax.enable_x64(True):
+            yield
+        return
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
 def xla_options(quick: bool) -> dict | None:
     """XLA's compiler options: under ``--quick`` no backend optimizations (compiling dominates
     a smoke run)."""

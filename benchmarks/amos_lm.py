@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from benchmarks._common import Context, StudyResult, jit_compile, torch_threads
+from benchmarks._common import Context, StudyResult, jax_x64, jit_compile, torch_threads
 from benchmarks._report import FW_STYLE, curve, figure, panel, pm, table
 
 NAME = "amos_lm"
@@ -373,7 +373,7 @@ def run(ctx: Context) -> StudyResult:
     args = (inits[0], batches(0, TWIN_STEPS, TWIN_BATCH), val[:TWIN_BATCH], one, xi)
     for method in ctx.sized((*AMOS, "rmsprop"), ("amos", "rmsprop")):
         a = train(torch_side, method, lr, *args, torch_side.torch.float64)["train"]
-        with jax.enable_x64(True):
+        with jax_x64():
             b = train(jax_side, method, lr, *args, jax.numpy.float64)["train"]
         rel = np.abs(np.subtract(a, b)) / np.abs(a)
         twin.append({"method": method, "torch": a, "jax": b, "rel_diff": rel.tolist()})

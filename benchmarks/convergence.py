@@ -24,6 +24,7 @@ from benchmarks._common import (
     frameworks,
     geo_mean,
     installed,
+    jax_x64,
     jit_run,
     log_steps,
     torch_threads,
@@ -182,7 +183,7 @@ def jax_runs(keys, toy, insts, grids, steps, ref, quick) -> dict:
     def program(args):
         return {k: jax.vmap(lambda *a, k=k: run_one(k, *a))(*v) for k, v in args.items()}
 
-    with jax.enable_x64(True):
+    with jax_x64():
         out = jit_run(program, args, quick=quick)
     return {k: np.asarray(v).reshape(-1, len(insts), steps + 1) for k, v in out.items()}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._common import Context, StudyResult, frameworks, torch_threads
+from benchmarks._common import Context, StudyResult, frameworks, jax_x64, torch_threads
 from benchmarks._report import FW_STYLE, curve, line_plot, table
 from benchmarks.problems import SU_1D_GLOBAL_MIN, SU_1D_LOCAL_MIN, SU_1D_START, su_1d
 
@@ -66,7 +66,7 @@ def jax_path(steps: int, loss_tied: bool) -> np.ndarray:
         x = optax.apply_updates(x, updates)
         return (x, state), x
 
-    with jax.enable_x64(True):
+    with jax_x64():
         x0 = jax.numpy.asarray(SU_1D_START)
         return np.asarray(jax.lax.scan(body, (x0, opt.init(x0)), length=steps)[1])
 

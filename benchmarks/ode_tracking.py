@@ -14,7 +14,7 @@ import contextlib
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from benchmarks._common import Context, StudyResult, frameworks, torch_threads
+from benchmarks._common import Context, StudyResult, frameworks, jax_x64, torch_threads
 from benchmarks._report import FW_STYLE, curve, figure, panel, span, table
 from benchmarks.problems import QUADRATIC_2D, ROSENBROCK_2D, Problem
 
@@ -78,7 +78,7 @@ def jax_side():
     compiled = {}
 
     def field(problem, scale):
-        with jax.enable_x64(True):
+        with jax_x64():
             f = jax_opt.rmsprop_vector_field(jax.grad(problem.f), rate=RATE, **rmsprop_args(scale))
             f = jax.jit(f)
         return lambda theta, G: [np.asarray(x) for x in f(theta, G)]
@@ -103,10 +103,10 @@ def jax_side():
                 return jax.lax.fori_loop(0, steps, body, (theta, state))[0]
 
             compiled[key] = jax.jit(last)
-        with jax.enable_x64(True):
+        with jax_x64():
             return np.asarray(compiled[key](problem.theta0, lr, steps))[None]
 
-    return field, optimize, lambda: jax.enable_x64(True)
+    return field, optimize, lambda: jax_x64()
 
 
 def integrate(field, theta0, G0, t_end, grid):

@@ -19,7 +19,14 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from benchmarks import problems
-from benchmarks._common import Context, StudyResult, frameworks, interleaved_times, torch_threads
+from benchmarks._common import (
+    Context,
+    StudyResult,
+    frameworks,
+    interleaved_times,
+    jax_x64,
+    torch_threads,
+)
 from benchmarks._report import FW_STYLE, curve, figure, panel, record_curve, rounded, table
 from benchmarks.problems import IGR_START, igr_model
 
@@ -107,7 +114,7 @@ def stepper(fw: str, method: str, loss, params: list, lr: float, mu: float):
 
 def igr_path(fw, method, lr, steps) -> np.ndarray:
     """The iterates of gradient descent on the IGR model (float64)."""
-    with __import__("jax").enable_x64(True) if fw == "jax" else contextlib.nullcontext():
+    with jax_x64() if fw == "jax" else contextlib.nullcontext():
         step, now = stepper(fw, method, lambda ps: igr_model(ps[0]), [IGR_START], lr, igr_mu(lr))
         return np.array([IGR_START] + [(step(), now()[0])[1] for _ in range(steps)])
 

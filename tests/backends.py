@@ -85,6 +85,37 @@ def assert_trajectory_close(
             )
 
 
+@contextlib.contextmanager
+def jax_x64() -> Iterator[None]:
+    """float64 in JAX for the block: ``jax.enable_x64`` where jax has it (0.8 and newer), else
+    the ``jax_enable_x64`` flag, restored on exit (the floor, jax 0.4.33, has only the flag)."""
+    import jax
+
+    if hasattr(jax, "enable_x64"):
+        with jax.enable_x64(True):
+            yield
+        return
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
+def explicit_sharding_missing() -> str | None:
+    """Why this jax cannot run the explicit-sharding tests (the APIs they use: meshes with
+    ``jax.sharding.AxisType`` axes, ``jax.set_mesh``, ``jax.typeof``, ``jax.sharding.reshard``),
+    or None. The library itself needs none of them (``jax_opt`` falls back to
+    ``with_sharding_constraint``)."""
+    import jax
+
+    needed = {"jax.sharding.AxisType": jax.sharding, "jax.set_mesh": jax, "jax.typeof": jax}
+    needed["jax.sharding.reshard"] = jax.sharding
+    missing = [n for n, mod in needed.items() if not hasattr(mod, n.rsplit(".", 1)[1])]
+    return f"jax {jax.__version__} has no {', '.join(missing)}" if missing else None
+
+
 def available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -234,10 +265,8 @@ class JaxBackend(Backend):
         self.xp = jnp
         self.mod = jax_opt
 
-    @contextlib.contextmanager
-    def x64(self) -> Iterator[None]:
-        with self.jax.enable_x64(True):
-            yield
+    def x64(self) -> contextlib.AbstractContextManager[None]:
+        return jax_x64()
 
     def asarray(self, x):
         return self.jnp.asarray(np.asarray(x, np.float64))

@@ -84,10 +84,10 @@ def _check_floating(params: Any, owner: str) -> None:
 def _shard(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """``tree`` laid out by ``sharding``: ``jax.sharding.reshard`` over a mesh with explicit
     axes (where ``with_sharding_constraint`` only asserts), ``with_sharding_constraint``
-    otherwise."""
-    mesh = getattr(sharding, "mesh", None)
-    types = getattr(mesh, "axis_types", ())
-    if any(t == jax.sharding.AxisType.Explicit for t in types):
+    otherwise (always on a jax without `jax.sharding.AxisType`)."""
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
+    if explicit is not None and any(t == explicit for t in types):
         return jax.sharding.reshard(tree, sharding)
     return jax.lax.with_sharding_constraint(tree, sharding)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ import optax
 import pytest
 
 import jax_opt
+from tests.backends import explicit_sharding_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 UNKNOWN = {"unexpected_extra_args_your_optimizer_doesnt_expect": 1}
@@ -345,6 +347,8 @@ def test_flax_nnx_optimizer_forwards_the_extra_args(case):
     """``nnx.Optimizer.update(model, grads, **extras)`` (under ``nnx.jit``) passes ``value=``,
     ``grad_fn=``, ``value_fn=`` through to ``update``; one step equals the plain optax step."""
     nnx = pytest.importorskip("flax.nnx")
+    if not hasattr(nnx, "as_pure"):  # flax 0.10 has neither it nor update(model, grads)
+        pytest.skip(f"flax {importlib.metadata.version('flax')} has no nnx.as_pure")
 
     class Model(nnx.Module):
         def __init__(self):
@@ -444,6 +448,7 @@ def sharded_results() -> dict[str, str]:
 
 @pytest.mark.parametrize("case", cases("sharding"))
 @pytest.mark.slow
+@pytest.mark.skipif(bool(explicit_sharding_missing()), reason=str(explicit_sharding_missing()))
 def test_sharded_parameters_keep_their_shardings_and_the_result(case, sharded_results):
     assert sharded_results[case.name] == "ok"
 

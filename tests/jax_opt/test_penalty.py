@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.backends import jax_x64
 from tests.reference import penalty as ref
 
 jax = pytest.importorskip("jax")
@@ -24,7 +25,7 @@ def loss_fn(params, scale, *, shift=0.0):
 def test_penalized_keeps_the_signature_and_passes_aux_through():
     params = {"theta": jnp.array([0.3, -0.5, 0.8])}
     fn = penalized(loss_fn, 0.25)
-    with jax.enable_x64(True):
+    with jax_x64():
         params64 = jax.tree.map(lambda x: x.astype(jnp.float64), params)
         value = fn(params64, 1.0, shift=2.0)
         np.testing.assert_allclose(

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import example, given
 
-from tests.backends import JaxBackend, assert_all_close, assert_close, assert_trajectory_close
+from tests.backends import (
+    JaxBackend,
+    assert_all_close,
+    assert_close,
+    assert_trajectory_close,
+    jax_x64,
+)
 from tests.reference import rmsprop_ode as ref
 from tests.strategies import (
     ZERO_GRADS,
@@ -52,7 +58,7 @@ def test_equals_optax_rmsprop(traj, lr, kw):
         momentum_style="optax",
         **{**kw, "momentum": kw["momentum"] or 0.0},
     )
-    with jax.enable_x64(True):
+    with jax_x64():
         got, _ = drive(rmsprop_ode(lr, **kw), params, grad_seq)
         want, _ = drive(optax.rmsprop(lr, **kw), params, grad_seq)
     assert_trajectory_close(got, steps, expected=want)
@@ -93,7 +99,7 @@ def test_schedule_equals_optax():
     rng = np.random.default_rng(0)
     grad_seq = [[rng.normal(size=p.shape) for p in params] for _ in range(8)]
     kw = {"momentum": 0.9, "centered": True, "decay": 0.8}
-    with jax.enable_x64(True):
+    with jax_x64():
         got, _ = drive(rmsprop_ode(schedule, **kw), params, grad_seq)
         want, _ = drive(optax.rmsprop(schedule, **kw), params, grad_seq)
     for a, b in zip(got, want, strict=True):
@@ -129,7 +135,7 @@ def check_shell(traj, hyper, require_well_conditioned=False):
     steps = ref.trajectory(params, grad_seq, momentum_style="optax", **hyper)
     if require_well_conditioned:
         assert all(np.all(m) for m in ref.reliable([s for _, s in steps], hyper["scale"])[-1])
-    with jax.enable_x64(True):
+    with jax_x64():
         got = jax_backend.run_rmsprop(params, grad_seq, **hyper)
     assert_trajectory_close(got, steps, scale=hyper["scale"])
 
@@ -302,7 +308,7 @@ def test_su_example_loss_tied_escapes_where_sgd_stalls():
         _, xs = jax.lax.scan(body, (x0, opt.init(x0)), length=steps)
         return np.asarray(xs)
 
-    with jax.enable_x64(True):
+    with jax_x64():
         assert ref.settles(
             trajectory(loss_tied_ode(0.01, max_scale=1000.0), 20000), ref.SU_GLOBAL_MIN
         )

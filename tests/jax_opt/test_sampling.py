@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.backends import assert_close
+from tests.backends import assert_close, explicit_sharding_missing, jax_x64
 from tests.reference import sampling as ref
 from tests.strategies import arrays_like, finite, moderate
 from twinopt.sampling import NOISE_SCALES, PROPOSAL_DENSITIES, mixture_mask
@@ -40,10 +40,6 @@ from jax_opt import (  # noqa: E402
 from jax_opt.sampling.shells import _draw  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def x64():
-    return jax.enable_x64(True)
 
 
 def jnp_or_none(x):
@@ -77,7 +73,7 @@ _direction = jax.jit(weighted_direction)
 def test_clip_surrogate_equals_oracle(grads, drop, max_grad_norm):
     """(1): global-norm clipping over the present tensors; None stays None."""
     grads = [None if d else g for g, d in zip(grads, drop, strict=False)]
-    with x64():
+    with jax_x64():
         got = (clip_surrogate if max_grad_norm is None else _clip)(
             [jnp_or_none(g) for g in grads], max_grad_norm
         )
@@ -97,7 +93,7 @@ def test_clip_surrogate_equals_oracle(grads, drop, max_grad_norm):
 @example(guide=None, noise=2.0, mode="grad")
 def test_noise_scale_equals_oracle(guide, noise, mode):
     """(2)."""
-    with x64():
+    with jax_x64():
         if guide is None:
             got = noise_scale(None, noise=noise, noise_scale=mode)
         else:
@@ -124,7 +120,7 @@ def perturbation_inputs(draw):
 def test_perturbations_equal_oracle(inputs):
     """(3), antithetic pairs included."""
     guide, normals, mask, scale, antithetic = inputs
-    with x64():
+    with jax_x64():
         got = _perturbations(
             jnp_or_none(guide),
             jnp.asarray(normals),
@@ -155,7 +151,7 @@ def proposal_inputs(draw):
 def test_log_proposal_equals_oracle(inputs, mix, density):
     """(4): summed over the tensors, both mixture components, both densities."""
     eps, guides, scales = inputs
-    with x64():
+    with jax_x64():
         got = _log_proposal(
             [jnp.asarray(e) for e in eps],
             [jnp_or_none(g) for g in guides],
@@ -195,7 +191,7 @@ def weight_inputs(draw):
 def test_importance_weights_equal_oracle(inputs, loss0, temperature):
     """(5): stable at any loss magnitude; a non-finite loss gets weight 0; never NaN."""
     losses, log_q = inputs
-    with x64():
+    with jax_x64():
         got = np.asarray(
             _weights(jnp.asarray(losses), loss0, jnp.asarray(log_q), temperature=temperature)
         )
@@ -220,7 +216,7 @@ def test_importance_weights_equal_oracle(inputs, loss0, temperature):
 def test_weighted_direction_equals_oracle(data):
     """(6)."""
     weights, eps = data
-    with x64():
+    with jax_x64():
         got = _direction(jnp.asarray(weights), [jnp.asarray(e) for e in eps])
     for a, b, e in zip(got, ref.weighted_direction(weights, list(eps)), eps, strict=True):
         assert_close(a, b, magnitude=np.abs(e).max(axis=0) * max(weights.sum(), 1.0))
@@ -242,7 +238,7 @@ def test_weights_sum_to_one_and_ignore_constant_shifts(inputs, shift, q_shift, t
     losses = np.where(np.isfinite(losses), losses, 0.0) / 1e3  # moderate, all finite
 
     def weights(d, d0, q):
-        with x64():
+        with jax_x64():
             return np.asarray(_weights(jnp.asarray(d), d0, jnp.asarray(q), temperature=temperature))
 
     w = weights(losses, 0.25, log_q)
@@ -260,7 +256,7 @@ def test_temperature_limits():
     and a constant task loss both give w proportional to 1/q."""
     log_q = np.array([0.0, 1.0, -1.0, 0.5, 2.0])
     inv_q = np.exp(-log_q) / np.exp(-log_q).sum()
-    with x64():
+    with jax_x64():
 
         def weights(d, t):
             return np.asarray(_weights(jnp.asarray(d), 0.0, jnp.asarray(log_q), temperature=t))
@@ -280,7 +276,7 @@ def test_identical_candidates_and_a_single_candidate():
     """§4.4 (5), §4.3: identical candidates give that candidate, whatever the weights; K = 1
     gives w = 1 and Delta = eps_0 (through the shell too: config "single-candidate")."""
     eps = np.tile(np.array([[0.3, -1.2, 2.0]]), (4, 1))
-    with x64():
+    with jax_x64():
         w = _weights(
             jnp.array([4.0, 1.0, 2.0, 3.0]), 0.0, jnp.array([0.0, 1.0, -2.0, 0.5]), temperature=1.0
         )
@@ -306,7 +302,7 @@ def test_ball_model_direction_and_the_one_dimensional_closed_form():
     phi = rng.random(n) * 2 * np.pi
     pts = np.stack([r * np.cos(phi), r * np.sin(phi)], -1)
     line = -0.5 + (np.arange(n) + 0.5) / n  # midpoints of a grid on [-0.5, 0.5]
-    with x64():
+    with jax_x64():
         for temperature in (0.05, 1.0):
             w = importance_weights(jnp.asarray(pts @ g), 0.0, jnp.zeros(n), temperature=temperature)
             (mean,) = weighted_direction(w, [jnp.asarray(pts)])
@@ -426,14 +422,22 @@ def test_draw_order_and_low_precision_normals():
     where u < mix, repeated for antithetic pairs), the others one leaf's normals each (half
     dtypes drawn in float32 and cast)."""
     params = {"a": jnp.zeros(3, jnp.bfloat16), "b": jnp.zeros((2, 2), jnp.float32)}
-    key = jax.random.PRNGKey(4)
+
+    def uniforms(key):
+        return np.asarray(jax.random.uniform(jax.random.split(key, 3)[0], (4,), jnp.float32))
+
+    # The first key whose uniforms give both kinds of centre and a mask unlike those of
+    # u < 1 - mix or u > mix (jax's bits for one key differ between releases).
+    key = next(
+        k
+        for k in map(jax.random.PRNGKey, range(100))
+        if 0 < np.sum(uniforms(k) < 0.6) < 4
+        and (uniforms(k) < 0.6).tolist() != (uniforms(k) < 0.4).tolist()
+    )
     guided, (za, zb) = _draw(key, params, 8, True, True, 0.6)
-    mix_key, key_a, key_b = jax.random.split(key, 3)
-    u = np.asarray(jax.random.uniform(mix_key, (4,), jnp.float32))
-    want = [bool(v < 0.6) for v in u for _ in range(2)]
+    _, key_a, key_b = jax.random.split(key, 3)
+    want = [bool(v < 0.6) for v in uniforms(key) for _ in range(2)]
     assert np.asarray(guided).tolist() == want
-    # Both kinds of centre, and a mask unlike those of u < 1 - mix or u > mix.
-    assert want != [bool(v < 0.4) for v in u for _ in range(2)] and 0 < sum(want) < 8
     assert za.dtype == jnp.bfloat16 and zb.dtype == jnp.float32
     np.testing.assert_array_equal(
         np.asarray(za, np.float32),
@@ -452,7 +456,7 @@ def test_update_equals_oracle_over_steps_without_recompiling(name):
     config = dict(CONFIGS[name])
     base, zero_leaf = config.pop("base", False), config.pop("zero_leaf", None)
     lr = config.get("lr", 1.0)
-    with x64():
+    with jax_x64():
         params = jax.tree.map(jnp.asarray, START)
         opt = mgs(optax.sgd(1.0) if base else None, **config)
         state = opt.init(params)
@@ -485,17 +489,17 @@ def test_ask_and_tell_equal_update_and_the_oracle():
         losses = jax.vmap(task_jax)(candidates)
         return updates, mgs_tell(ask, losses, task_jax(params), temperature=1.0), candidates, ask
 
-    with x64():
+    with jax_x64():
         params = jax.tree.map(jnp.asarray, START)
         state = opt.init(params)
         updates, delta, candidates, ask = both(state, params, surrogate_of(params))
         expected = oracle_delta(state, params, surrogate_of(params), {})
-    assert isinstance(ask, MGSAsk) and ask.log_q.shape == (4,)
-    for (key, p), want in zip(params.items(), expected, strict=True):
-        assert candidates[key].shape == (4, *p.shape)
-        np.testing.assert_array_equal(candidates[key], p[None] + ask.eps[key])
-        assert_close(updates[key], delta[key])
-        assert_close(updates[key], want)
+        assert isinstance(ask, MGSAsk) and ask.log_q.shape == (4,)
+        for (key, p), want in zip(params.items(), expected, strict=True):
+            assert candidates[key].shape == (4, *p.shape)
+            np.testing.assert_array_equal(candidates[key], p[None] + ask.eps[key])
+            assert_close(updates[key], delta[key])
+            assert_close(updates[key], want)
 
 
 def test_non_finite_losses_and_a_base_optimizer():
@@ -516,7 +520,7 @@ def test_non_finite_losses_and_a_base_optimizer():
         return float(flaky(leaves, np, np.where))
 
     config = {"num_samples": 6, "temperature": 0.5, "antithetic": True, "random_mix": True}
-    with x64():
+    with jax_x64():
         opt = mgs(optax.adamw(0.1), **config)
         step = jax.jit(opt.update, static_argnames="value_fn")
         reference = optax.adamw(0.1)
@@ -689,6 +693,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(bool(explicit_sharding_missing()), reason=str(explicit_sharding_missing()))
 def test_sharded_candidates_equal_the_unsharded_run():
     """candidate_sharding over 4 forced host devices, parameters sharded too: init and update
     keep their types (explicit mesh), nothing recompiles, the result is the unsharded one."""

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.peers import reference_amos
-from tests.backends import assert_all_close, assert_close
+from tests.backends import assert_all_close, assert_close, jax_x64
 from tests.reference import amos as ref
 from tests.strategies import arrays_like
 
@@ -24,7 +24,7 @@ def test_oracle_equals_the_reference_implementation(name):
     keys, grads, _, options, want = ref.scenario(name)
     mode = options.pop("mode")
     shape_fn = None if mode is None else (lambda n, s: ref.scenario_shape(s, mode))
-    with jax.enable_x64(True):
+    with jax_x64():
         opt = reference.amos(
             options.pop("lr"), lambda n, s: ref.SCENARIO_ETAS[n[-1]], shape_fn=shape_fn, **options
         )

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.backends import assert_all_close, assert_close, assert_trajectory_close
+from tests.backends import assert_all_close, assert_close, assert_trajectory_close, jax_x64
 from tests.reference import rmsprop_ode as ref
 from tests.strategies import (
     HUGE_AND_TINY,
@@ -76,7 +76,7 @@ def test_oracle_equals_optax_rmsprop(traj, lr, kw):
         params, grad_seq, lr=lr, momentum_style="optax", **{**kw, "momentum": kw["momentum"] or 0.0}
     )
     got = []
-    with jax.enable_x64(True):
+    with jax_x64():
         opt = optax.rmsprop(lr, **kw)
         ps = [jax.numpy.asarray(p) for p in params]
         state = opt.init(ps)

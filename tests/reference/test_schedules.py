@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.backends import assert_all_close, assert_close
+from tests.backends import assert_all_close, assert_close, jax_x64
 from tests.reference import schedules as ref
 from tests.strategies import arrays_like, moderate, shapes
 
@@ -152,7 +152,7 @@ def test_adamw_oracle_equals_optax_adamw_with_the_schedule(mode):
     optax = pytest.importorskip("optax")
     a0, half_life, q = SETTINGS["alpha0"], SETTINGS["half_life"], SETTINGS["q"]
     want = ref.adamw_run(PARAMS, GRADS, mode=mode, **SETTINGS)
-    with jax.enable_x64(True):
+    with jax_x64():
         opt = optax.adamw(
             lambda n: ref.learning_rate(n, a0, half_life, mode),
             weight_decay=ref.weight_decay(0, a0, half_life, mode, q),
