@@ -28,7 +28,7 @@ def _supported_types() -> tuple[type, ...]:
     imported (its public class).
     """
     types = getattr(_optimizer_module, "_foreach_supported_types", None)
-    if isinstance(types, list | tuple):
+    if isinstance(types, (list, tuple)):
         return tuple(types)
     dtensor = sys.modules.get("torch.distributed.tensor")
     extra = (dtensor.DTensor,) if dtensor is not None and hasattr(dtensor, "DTensor") else ()

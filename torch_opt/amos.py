@@ -154,7 +154,8 @@ def _check_amos_group(group: dict) -> None:
     eta, shape = group["eta"], group["shape"]
     if eta is not None and not callable(eta):
         check_positive("eta", eta)
-    if shape is not None and not callable(shape) and not isinstance(shape, tuple | list):
+    # a tuple of types, not tuple | list: torch 2.6's TorchDynamo cannot trace the union
+    if shape is not None and not callable(shape) and not isinstance(shape, (tuple, list)):
         raise fail("shape", shape, "None, a callable (name, param) -> shape, or a tuple")
     check_decay("beta", group["beta"])
     check_decay("momentum", group["momentum"])

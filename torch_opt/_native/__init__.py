@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -255,7 +256,7 @@ def build_seconds() -> float | None:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def eligible(tensors: list[Tensor | None]) -> bool:
+def eligible(tensors: Sequence[Tensor | None]) -> bool:
     """Whether these parallel tensors (one parameter's, ``None`` entries skipped) can take the
     native kernels: plain (not a subclass such as DTensor), dense, contiguous CPU tensors of
     one dtype, float32 or float64."""
@@ -275,7 +276,7 @@ def eligible(tensors: list[Tensor | None]) -> bool:
     return True
 
 
-def pointers(tensors: list[Tensor] | None, n: int) -> ctypes.Array:
+def pointers(tensors: Sequence[Tensor] | None, n: int) -> ctypes.Array:
     """The data pointers of ``tensors`` as a C array (of ``n`` nulls for ``None`` or ``[]``)."""
     array = ctypes.c_void_p * n
     if not tensors:
@@ -283,7 +284,7 @@ def pointers(tensors: list[Tensor] | None, n: int) -> ctypes.Array:
     return array(*[t.data_ptr() for t in tensors])
 
 
-def numels(tensors: list[Tensor]) -> ctypes.Array:
+def numels(tensors: Sequence[Tensor]) -> ctypes.Array:
     return (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
 
 
@@ -292,7 +293,7 @@ def numels(tensors: list[Tensor]) -> ctypes.Array:
 GRAIN = 1 << 15
 
 
-def threads(tensors: list[Tensor]) -> int:
+def threads(tensors: Sequence[Tensor]) -> int:
     """Threads for one kernel call over ``tensors``: torch's intra-op count, fewer for little
     work."""
     total = sum(t.numel() for t in tensors)

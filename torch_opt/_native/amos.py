@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -22,13 +23,13 @@ __all__ = ["native_amos"]
     device_types="cpu",
 )
 def amos_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    vs: list[Tensor],
-    bs: list[Tensor],
-    momentum_bufs: list[Tensor],
-    steps: list[Tensor],
-    etas: list[Tensor],
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    vs: Sequence[Tensor],
+    bs: Sequence[Tensor],
+    momentum_bufs: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    etas: Sequence[Tensor],
     lr: Tensor,
     beta: float,
     eps: float,

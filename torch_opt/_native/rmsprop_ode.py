@@ -6,6 +6,8 @@ bit in float32 but for the square root's last bit, and to the reference kernels 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -35,12 +37,12 @@ def _flags(*, maximize, weight_decay, centered, bias_correction, eps_in_sqrt, mo
 
 @torch.library.custom_op("twinopt::rmsprop_ode_", mutates_args=_MUTATED, device_types="cpu")
 def rmsprop_ode_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_bufs: list[Tensor],
-    steps: list[Tensor],
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    square_avgs: Sequence[Tensor],
+    grad_avgs: Sequence[Tensor],
+    momentum_bufs: Sequence[Tensor],
+    steps: Sequence[Tensor],
     lr: Tensor,
     alpha: float,
     eps: float,
@@ -81,11 +83,11 @@ def _(params, grads, square_avgs, grad_avgs, momentum_bufs, steps, lr, alpha, ep
     device_types="cpu",
 )
 def rmsprop_ode_global_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_bufs: list[Tensor],
-    steps: list[Tensor],
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    grad_avgs: Sequence[Tensor],
+    momentum_bufs: Sequence[Tensor],
+    steps: Sequence[Tensor],
     nu: Tensor,
     count: Tensor,
     lr: Tensor,

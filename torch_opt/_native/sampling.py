@@ -8,6 +8,7 @@ operations and a flat copy of the block. The perturbations are bitwise those of
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -27,12 +28,12 @@ def takes(dtype: torch.dtype, device: torch.device, guide: Tensor | None) -> boo
 
 @torch.library.custom_op("twinopt::mgs_propose_", mutates_args=("eps",), device_types="cpu")
 def mgs_propose_(
-    normals: list[Tensor],
-    eps: list[Tensor],
-    guides: list[Tensor],
+    normals: Sequence[Tensor],
+    eps: Sequence[Tensor],
+    guides: Sequence[Tensor],
     scales: Tensor,
     weights: Tensor | None,
-    mask: list[bool],
+    mask: Sequence[bool],
     antithetic: bool,
 ) -> tuple[Tensor, Tensor]:
     """(3) into ``eps`` (from ``normals``, or in place where ``normals`` is empty) and the
