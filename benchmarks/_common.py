@@ -138,7 +138,8 @@ def torch_threads(n: int):
 
 @contextlib.contextmanager
 def jax_x64():
-    """float64 in JAX for the block: ``jax.enable_x64`` (jax 0.8+), else the flag, restored."""
+    """float64 in JAX for the block: ``jax.enable_x64`` where jax has it (0.8 and newer), else
+    the ``jax_enable_x64`` flag, restored on exit (jax 0.4.33, the floor, has only the flag)."""
     import jax
 
     if hasattr(jax, "enable_x64"):

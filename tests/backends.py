@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from benchmarks._common import jax_x64  # float64 blocks in JAX, for the tests too
 
 # One table of tolerances for comparisons against the float64 oracle and between frameworks.
 TOLERANCES = {
@@ -83,24 +85,6 @@ def assert_trajectory_close(
                 err_msg=f"step {k + 1}, array {i}",
                 magnitude=np.asarray(sc)[m],
             )
-
-
-@contextlib.contextmanager
-def jax_x64() -> Iterator[None]:
-    """float64 in JAX for the block: ``jax.enable_x64`` where jax has it (0.8 and newer), else
-    the ``jax_enable_x64`` flag, restored on exit (the floor, jax 0.4.33, has only the flag)."""
-    import jax
-
-    if hasattr(jax, "enable_x64"):
-        with jax.enable_x64(True):
-            yield
-        return
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", before)
 
 
 def explicit_sharding_missing() -> str | None:
