@@ -285,17 +285,24 @@ def test_mgs_proposal_is_the_torch_paths_to_the_bit_with_the_same_sums(
     density = "exact" if exact else "unit_variance"
     want_a, want_b = _proposal_sums([want], [guide], [per_entry], density)
 
-    eps = [torch.empty(k, *shape, dtype=dtype) for shape in MGS_SHAPES]
-    guides = None if guide is None else list(guide.split(numels))
+    flat_z = torch.cat([t.reshape(-1) for t in z])  # each member's (rows, n_P) end to end
     s = torch.tensor(scales, dtype=torch.float64)
     w = _density_weights(s)
-    for target in (eps, None if antithetic else z):  # a fresh buffer, then in place
-        if target is None:
+    for in_place in (False, True):  # a fresh buffer, then the normals overwritten
+        if in_place and antithetic:
             continue
+        target = flat_z.clone() if in_place else torch.empty(k * sum(numels), dtype=dtype)
         a, b = native_propose(
-            guides, z, target, s, w if exact else None, mask, antithetic=antithetic
+            guide,
+            None if in_place else flat_z,
+            target,
+            numels,
+            s,
+            w if exact else None,
+            mask,
+            antithetic=antithetic,
         )
-        got = torch.cat([t.reshape(k, -1) for t in target], dim=1)
+        got = torch.cat([t.reshape(k, -1) for t in target.split([k * n for n in numels])], 1)
         bits = torch.int32 if dtype == torch.float32 else torch.int64
         assert torch.equal(got.view(bits), want.view(bits))
         torch.testing.assert_close(a, want_a, rtol=1e-14, atol=0)
@@ -322,17 +329,18 @@ def test_mgs_proposal_sums_at_extreme_scales_match_torchs():
         s = torch.tensor(scale, dtype=f64)
         want = perturbations(guide, z[0], mask, scale=s)
         want_a, want_b = _proposal_sums([want], [guide], [s], "exact")
-        eps = [torch.empty(4, 3, dtype=f64)]
+        eps = torch.empty(4 * 3, dtype=f64)
         a, b = native_propose(
-            [guide],
-            z,
+            guide,
+            z[0].reshape(-1),
             eps,
+            [3],
             s.reshape(1),
             _density_weights(s.reshape(1)),
             mask,
             antithetic=False,
         )
-        assert torch.equal(eps[0], want)
+        assert torch.equal(eps.view(4, 3), want)
         torch.testing.assert_close(a, want_a, rtol=1e-14, atol=0, equal_nan=True)
         torch.testing.assert_close(b, want_b, rtol=1e-14, atol=0, equal_nan=True)
 
@@ -346,19 +354,20 @@ def test_mgs_proposal_does_not_depend_on_the_thread_count():
 
     gen = torch.Generator().manual_seed(4)
     k, numels = 8, [3 * (1 << 15), 999]  # enough entries for two threads
-    z = [torch.randn(k, n, generator=gen) for n in numels]
-    guides = [torch.randn(n, generator=gen) for n in numels]
+    z = torch.randn(k * sum(numels), generator=gen)
+    guide = torch.randn(sum(numels), generator=gen)
     scales = torch.tensor([0.5, 2.0], dtype=torch.float64)
     before = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            eps = [torch.empty_like(t) for t in z]
+            eps = torch.empty_like(z)
             a, b = native_propose(
-                guides,
+                guide,
                 z,
                 eps,
+                numels,
                 scales,
                 _density_weights(scales),
                 [True] * 4 + [False] * 4,
@@ -369,7 +378,7 @@ def test_mgs_proposal_does_not_depend_on_the_thread_count():
         torch.set_num_threads(before)
     (eps1, a1, b1), (eps2, a2, b2) = results
     assert torch.equal(a1, a2) and torch.equal(b1, b2)
-    assert all(torch.equal(x, y) for x, y in zip(eps1, eps2, strict=True))
+    assert torch.equal(eps1, eps2)
 
 
 @needs_native

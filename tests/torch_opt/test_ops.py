@@ -60,15 +60,15 @@ def test_amos_op_passes_torchs_custom_op_checks(full):
 @needs_native
 def test_mgs_propose_op_passes_torchs_custom_op_checks():
     k = 4
-    normals = [torch.randn(k, 3), torch.randn(k, 2)]
-    eps = [torch.empty(k, 3), torch.empty(k, 2)]
-    guides = [torch.randn(3), torch.randn(2)]
+    normals, eps, guide = torch.randn(k * 5), torch.empty(k * 5), torch.randn(5)
     scales = torch.tensor([0.5, 2.0], dtype=torch.float64)
     weights = -0.5 / scales**2
-    torch.library.opcheck(
-        torch.ops.twinopt.mgs_propose_.default,
-        (normals, eps, guides, scales, weights, [True, False, True, False], False),
-    )
+    mask = [True, False, True, False]
+    for args in ((normals, eps, guide), (None, normals, None)):  # then in place, unguided
+        torch.library.opcheck(
+            torch.ops.twinopt.mgs_propose_.default,
+            (*args, [3, 2], scales, weights, mask, False),
+        )
 
 
 def _capture(graphs):

@@ -284,6 +284,12 @@ def pointers(tensors: Sequence[Tensor] | None, n: int) -> ctypes.Array:
     return array(*[t.data_ptr() for t in tensors])
 
 
+def pointers_into(buffer: Tensor, starts: Sequence[int]) -> ctypes.Array:
+    """The data pointers of the entries ``starts`` (element offsets) of ``buffer``, a C array."""
+    base, size = buffer.data_ptr(), buffer.element_size()
+    return (ctypes.c_void_p * len(starts))(*[base + i * size for i in starts])
+
+
 def numels(tensors: Sequence[Tensor]) -> ctypes.Array:
     return (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
 

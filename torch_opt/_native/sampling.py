@@ -28,65 +28,78 @@ def takes(dtype: torch.dtype, device: torch.device, guide: Tensor | None) -> boo
 
 @torch.library.custom_op("twinopt::mgs_propose_", mutates_args=("eps",), device_types="cpu")
 def mgs_propose_(
-    normals: Sequence[Tensor],
-    eps: Sequence[Tensor],
-    guides: Sequence[Tensor],
+    normals: Tensor | None,
+    eps: Tensor,
+    guide: Tensor | None,
+    numels: Sequence[int],
     scales: Tensor,
     weights: Tensor | None,
     mask: Sequence[bool],
     antithetic: bool,
 ) -> tuple[Tensor, Tensor]:
-    """(3) into ``eps`` (from ``normals``, or in place where ``normals`` is empty) and the
-    sums ``a``, ``b`` of (4); ``guides`` empty for a block without a surrogate."""
-    k, count = len(mask), len(eps)
+    """(3) into ``eps`` (from ``normals``, or in place where ``normals`` is ``None``) and the
+    sums ``a``, ``b`` of (4). Each buffer is one flat tensor, its members end to end (``eps``:
+    ``(K, n_P)`` each, ``normals``: ``(K // 2, n_P)`` under ``antithetic``, ``guide``:
+    ``(n_P,)``): one mutated tensor, not a list of views of one buffer, whose writes Inductor
+    in torch 2.6-2.10 loses (2.13 keeps them)."""
+    k, count = len(mask), len(numels)
+    rows = k // 2 if antithetic else k
     sums = torch.empty((2, k), dtype=torch.float64)
     for t in (scales, weights):
         if t is not None and not (t.dtype == torch.float64 and t.is_cpu and t.is_contiguous()):
             raise ValueError("native_propose: scales and weights must be contiguous float64 CPU")
-    getattr(native.library(), f"twinopt_mgs_propose_{native.DTYPES[eps[0].dtype]}")(
+    total = sum(numels)
+    for name, t, size in (("eps", eps, k), ("normals", normals, rows), ("guide", guide, 1)):
+        if t is not None and not (t.is_contiguous() and t.numel() == size * total):
+            raise ValueError(f"native_propose: {name} must be contiguous, {size} x {total}")
+    starts = [0]
+    for n in numels[:-1]:
+        starts.append(starts[-1] + n)
+    getattr(native.library(), f"twinopt_mgs_propose_{native.DTYPES[eps.dtype]}")(
         k,
         count,
         int(antithetic),
-        native.pointers(normals or eps, count),
-        native.pointers(eps, count),
-        native.pointers(guides, count) if guides else None,
-        native.numels([e[0] for e in eps]),  # each parameter's number of entries
+        native.pointers_into(eps if normals is None else normals, [rows * i for i in starts]),
+        native.pointers_into(eps, [k * i for i in starts]),
+        None if guide is None else native.pointers_into(guide, starts),
+        (ctypes.c_int64 * count)(*numels),
         scales.data_ptr(),
         None if weights is None else weights.data_ptr(),
         (ctypes.c_uint8 * k)(*(1 if m else 0 for m in mask)),
         sums[0].data_ptr(),
         sums[1].data_ptr(),
-        min(k, native.threads(eps)),
+        min(k, native.threads([eps])),
     )
     return sums[0].clone(), sums[1].clone()
 
 
 @mgs_propose_.register_fake
-def _(normals, eps, guides, scales, weights, mask, antithetic):
+def _(normals, eps, guide, numels, scales, weights, mask, antithetic):
     k = len(mask)
     return scales.new_empty((k,), dtype=torch.float64), scales.new_empty((k,), dtype=torch.float64)
 
 
 def native_propose(
-    guides: list[Tensor] | None,
-    normals: list[Tensor],
-    eps: list[Tensor],
+    guide: Tensor | None,
+    normals: Tensor | None,
+    eps: Tensor,
+    numels: Sequence[int],
     scales: Tensor,
     weights: Tensor | None,
-    mask: list[bool],
+    mask: Sequence[bool],
     *,
     antithetic: bool,
 ) -> tuple[Tensor, Tensor]:
     """(3) into ``eps`` and the sums of (4) for one block (:func:`takes` must hold).
 
     Args:
-        guides: Each parameter's clipped surrogate ``g_hat_P`` (contiguous; zeros for one
+        guide: The block's clipped surrogate ``g_hat`` (flat, contiguous; zeros for a member
             without a surrogate), or ``None`` for a block without any.
-        normals: Each parameter's standard normals, contiguous, ``(K, *shape)`` or
-            ``(K // 2, *shape)`` under ``antithetic``.
-        eps: Each parameter's output, contiguous ``(K, *shape)``; may be ``normals`` itself
-            when not ``antithetic``.
-        scales: ``(P,)`` float64 CPU, each parameter's ``s_P``.
+        normals: The standard normals, contiguous, each member's ``(K // 2, n_P)`` end to end
+            (under ``antithetic``), or ``None`` where they were drawn into ``eps`` itself.
+        eps: The output, contiguous, each member's ``(K, n_P)`` end to end.
+        numels: Each member's number of entries ``n_P``.
+        scales: ``(P,)`` float64 CPU, each member's ``s_P``.
         weights: ``(P,)`` float64 CPU, the sampling density's ``-1/(2 s_P^2)``
             (``torch_opt.sampling.kernels._density_weights``), or ``None`` for the
             unit-variance form.
@@ -97,15 +110,8 @@ def native_propose(
         ``a``, ``b`` (``(K,)`` float64): ``sum w eps^2`` and ``sum w (eps - g_hat)^2`` over
         the block.
     """
-    in_place = all(z is e for z, e in zip(normals, eps, strict=True))
     return torch.ops.twinopt.mgs_propose_(
-        [] if in_place else list(normals),
-        list(eps),
-        [] if guides is None else list(guides),
-        scales,
-        weights,
-        list(mask),
-        antithetic,
+        normals, eps, guide, list(numels), scales, weights, list(mask), antithetic
     )
 
 

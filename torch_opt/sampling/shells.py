@@ -300,11 +300,10 @@ class _NativeBuffers:
 
     def __init__(self, block: _Block, k: int, antithetic: bool) -> None:
         like = {"dtype": block.dtype, "device": block.device}
-        self.eps = _segments(torch.empty(k * block.size, **like), k, block)
-        rows = k // 2 if antithetic else k
-        z = self.eps
-        if antithetic:
-            z = _segments(torch.empty(rows * block.size, **like), rows, block)
+        self.flat_eps = torch.empty(k * block.size, **like)
+        self.eps = _segments(self.flat_eps, k, block)
+        self.flat_normals = torch.empty(k // 2 * block.size, **like) if antithetic else None
+        z = self.eps if self.flat_normals is None else _segments(self.flat_normals, k // 2, block)
         self.normals = dict(zip(block.index, z, strict=True))
 
 
@@ -754,10 +753,14 @@ class MGS(Optimizer):
             for blk, g, s, nb in zip(blocks, guides, scales, buffers, strict=True):
                 z = [normals[i] for i in blk.index]
                 if nb is not None:  # (3) and the sums of (4)
+                    for i, drawn in zip(blk.index, z, strict=True):
+                        if drawn is not nb.normals[i]:  # not drawn in place (a replaced _draw)
+                            nb.normals[i].copy_(drawn)
                     sums = native_propose(
-                        None if g is None else blk.split(g),
-                        z,
-                        nb.eps,
+                        g,
+                        nb.flat_normals,
+                        nb.flat_eps,
+                        blk.numels,
                         s,
                         None if density == "unit_variance" else _density_weights(s),
                         mask,
