@@ -414,6 +414,28 @@ def _single_tensor_amos(
         _apply(p, update)
 
 
+TensorList = list[Tensor] | tuple[Tensor, ...]  # what the foreach ops take and return
+
+
+def _clamp_min(tensors: TensorList, value: float) -> TensorList:
+    """``max(t, value)`` of each tensor, as new tensors (torch 2.6-2.10's DTensor has only the
+    in-place foreach op)."""
+    if not _is_dtensor(tensors[0]):
+        return torch._foreach_clamp_min(tensors, value)
+    out = [t.clone() for t in tensors]
+    torch._foreach_clamp_min_(out, value)
+    return out
+
+
+def _rsqrt_(tensors: TensorList) -> None:
+    """``t = 1 / sqrt(t)`` in place (torch 2.6-2.10's DTensor has no foreach rsqrt)."""
+    if not _is_dtensor(tensors[0]):
+        torch._foreach_rsqrt_(tensors)
+        return
+    for t in tensors:
+        t.rsqrt_()
+
+
 def _multi_tensor_amos(
     params: list[Tensor], states: list[dict], *, xi: float, clip: Any, mu: float, hyper: dict
 ) -> None:
@@ -428,7 +450,7 @@ def _multi_tensor_amos(
         dtype = vs[0].dtype
         gs = [p.grad.to(dtype) for p in ps]
         if clip is not None:  # (0)
-            gs = torch._foreach_clamp_min(gs, -clip)
+            gs = _clamp_min(gs, -clip)
             torch._foreach_clamp_max_(gs, clip)
         xs = ps if ps[0].dtype == dtype else [p.to(dtype) for p in ps]
         if all(v.shape == g.shape for v, g in zip(vs, gs, strict=True)):
@@ -437,12 +459,12 @@ def _multi_tensor_amos(
             m2 = [reduced_mean_square(g, tuple(v.shape)) for g, v in zip(gs, vs, strict=True)]
         torch._foreach_mul_(vs, beta)
         torch._foreach_add_(vs, torch._foreach_mul(m2, 1 - beta))  # (2)
-        r = torch._foreach_clamp_min(vs, eps)
+        r = _clamp_min(vs, eps)
         torch._foreach_reciprocal_(r)
         torch._foreach_mul_(r, [1 - beta ** float(t) for t in steps])  # (3); steps on the CPU
         c = torch._foreach_mul(bs, hyper["c_coef"] * math.sqrt(xi))
         torch._foreach_add_(c, 1.0)
-        torch._foreach_rsqrt_(c)  # (4)
+        _rsqrt_(c)  # (4)
         gamma = torch._foreach_mul(c, xi**2)
         torch._foreach_mul_(gamma, r)
         torch._foreach_mul_(gamma, m2)  # (5)
