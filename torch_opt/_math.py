@@ -51,10 +51,17 @@ def sum_of_squares(tensors: Sequence[Tensor], *, like: Tensor) -> Tensor:
         groups.setdefault((t.device, t.dtype), []).append(t)
     for group in groups.values():
         part = torch.stack(torch._foreach_norm(group, 2, dtype=like.dtype)).square().sum()
-        if hasattr(part, "full_tensor"):  # a DTensor: the shards' partial sums, all-reduced
-            part = part.full_tensor()  # pyright: ignore[reportAttributeAccessIssue]
-        total = total + part.to(like.device)
+        total = total + whole(part).to(like.device)
     return total
+
+
+def whole(t: Tensor) -> Tensor:
+    """A reduction over DTensor shards (FSDP2) as the plain, all-reduced tensor; a plain tensor
+    as it is. Taken before any further op: torch 2.8's DTensor applies ``where`` to each
+    rank's pending partial value."""
+    if hasattr(t, "full_tensor"):
+        return t.full_tensor()  # pyright: ignore[reportAttributeAccessIssue]
+    return t
 
 
 def as_real(tensors: list[Tensor]) -> list[Tensor]:
@@ -138,5 +145,5 @@ def model_scale(param: Tensor) -> Tensor:
     float64 ``param``), on the tensor's device."""
     x = torch.view_as_real(param) if param.is_complex() else param
     dtype = stat_dtype([x])
-    rms = torch.linalg.vector_norm(x.detach(), dtype=dtype) / max(x.numel(), 1) ** 0.5
+    rms = whole(torch.linalg.vector_norm(x.detach(), dtype=dtype)) / max(x.numel(), 1) ** 0.5
     return torch.where(rms > 0, rms, torch.full_like(rms, 0.5))
