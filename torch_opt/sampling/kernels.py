@@ -144,6 +144,8 @@ def perturbations(
         z = torch.stack([z, -z], dim=1).reshape(-1, *z.shape[1:])
     eps = torch.as_tensor(scale, dtype=dtype, device=z.device) * z
     if guide is not None:
+        if not isinstance(mask, Tensor):  # torch 2.6-2.8 cannot read a list of numpy.bool_
+            mask = [bool(flag) for flag in mask]
         m = torch.as_tensor(mask, device=z.device).to(torch.bool)
         m = m.reshape(-1, *([1] * (z.dim() - 1)))
         eps = torch.where(m, guide.to(device=z.device, dtype=dtype), 0.0) + eps  # (3)
