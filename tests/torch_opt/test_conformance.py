@@ -1091,6 +1091,8 @@ def test_ddp_matches_one_process(spec, distributed_results):
 def test_fsdp2(spec, distributed_results):
     """``fully_shard``: parameter-shaped state works and matches one process; other optimizers
     raise an error naming the reason."""
+    if not hasattr(torch.cpu.Stream, "record_event"):
+        pytest.skip("torch 2.6's fully_shard cannot run on the CPU (no Stream.record_event)")
     if spec.fsdp_error is not None:
         for rank_results in distributed_results:
             got = rank_results[spec.name]["fsdp"]
