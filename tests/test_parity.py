@@ -356,11 +356,13 @@ def test_mgs_steps_agree_with_injected_noise(both, hyper, monkeypatch):
     # torch: the optimizer's own draw replaced by the injected noise
     ps = [torch.tensor(p, requires_grad=True) for p in theta0]
     torch_draws = iter(normals)
-    monkeypatch.setattr(
-        torch_b.mod.MGS,
-        "_draw",
-        lambda self, gen, into=None: (mask, [torch.tensor(z) for z in next(torch_draws)]),
-    )
+
+    def injected_draw(self, gen, into=None):  # keeps _draw's contract: written into `into`
+        drawn = [torch.tensor(z) for z in next(torch_draws)]
+        into = into or {}
+        return mask, [into[i].copy_(z) if i in into else z for i, z in enumerate(drawn)]
+
+    monkeypatch.setattr(torch_b.mod.MGS, "_draw", injected_draw)
     base = torch.optim.SGD(ps, lr=0.5)
     opt = torch_b.mod.MGS(ps, base, num_samples=k, seed=0, **hyper)
     got_torch = []

@@ -752,10 +752,7 @@ class MGS(Optimizer):
             proposals = []
             for blk, g, s, nb in zip(blocks, guides, scales, buffers, strict=True):
                 z = [normals[i] for i in blk.index]
-                if nb is not None:  # (3) and the sums of (4)
-                    for i, drawn in zip(blk.index, z, strict=True):
-                        if drawn is not nb.normals[i]:  # not drawn in place (a replaced _draw)
-                            nb.normals[i].copy_(drawn)
+                if nb is not None:  # (3) and the sums of (4), from the normals drawn into nb
                     sums = native_propose(
                         g,
                         nb.flat_normals,
