@@ -55,11 +55,16 @@ def sum_of_squares(tensors: Sequence[Tensor], *, like: Tensor) -> Tensor:
     return total
 
 
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a ``DTensor`` (an FSDP2 shard), without importing torch.distributed."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "full_tensor")
+
+
 def whole(t: Tensor) -> Tensor:
-    """A reduction over DTensor shards (FSDP2) as the plain, all-reduced tensor; a plain tensor
-    as it is. Taken before any further op: torch 2.8's DTensor applies ``where`` to each
-    rank's pending partial value."""
-    if hasattr(t, "full_tensor"):
+    """A DTensor (FSDP2) as the plain, whole tensor (a reduction over shards all-reduced); a
+    plain tensor as it is. Take a reduction whole before any further op: torch 2.8's DTensor
+    applies ``where`` to each rank's pending partial value."""
+    if is_dtensor(t):
         return t.full_tensor()  # pyright: ignore[reportAttributeAccessIssue]
     return t
 

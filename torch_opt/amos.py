@@ -51,9 +51,11 @@ from torch_opt._math import (
     check_group_keys,
     default_foreach,
     grad_mode_of_step,
+    is_dtensor,
     resolve_scale,
     sparse_grad_error,
     stat_dtype,
+    whole,
 )
 from torch_opt._native.amos import native_amos
 from twinopt._checks import check_decay, check_nonnegative, check_positive, fail
@@ -125,11 +127,6 @@ def amos_update(
 
 
 # -------------------------------------------------------------------------------------- shells
-
-
-def _is_dtensor(t: Any) -> bool:
-    """Whether ``t`` is a ``DTensor`` (an FSDP2 shard), without importing torch.distributed."""
-    return type(t).__name__ == "DTensor" and hasattr(t, "full_tensor")
 
 
 def check_state_shape(name: str, param_shape: tuple[int, ...], shape: Any) -> tuple[int, ...]:
@@ -294,7 +291,7 @@ class Amos(Optimizer):
         if shape_rule is not None:
             rule = shape_rule(name, p) if callable(shape_rule) else shape_rule
             shape = check_state_shape(f"parameter {name!r}", shape, rule)
-        sharded = _is_dtensor(p)
+        sharded = is_dtensor(p)
         if sharded and shape != tuple(p.shape):
             raise TypeError(
                 f"Amos does not support a reduced state shape {shape} for the DTensor "
@@ -302,7 +299,7 @@ class Amos(Optimizer):
                 "sharded like its parameter; use the default (parameter-shaped) state"
             )
         if sharded:  # parameter-shaped state, sharded as the parameter is
-            eta = eta.full_tensor() if _is_dtensor(eta) else eta
+            eta = whole(eta)
             v = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         else:
             v = torch.zeros(shape, dtype=dtype, device=p.device)
@@ -420,7 +417,7 @@ TensorList = list[Tensor] | tuple[Tensor, ...]  # what the foreach ops take and 
 def _clamp_min(tensors: TensorList, value: float) -> TensorList:
     """``max(t, value)`` of each tensor, as new tensors (torch 2.6-2.10's DTensor has only the
     in-place foreach op)."""
-    if not _is_dtensor(tensors[0]):
+    if not is_dtensor(tensors[0]):
         return torch._foreach_clamp_min(tensors, value)
     out = [t.clone() for t in tensors]
     torch._foreach_clamp_min_(out, value)
@@ -429,7 +426,7 @@ def _clamp_min(tensors: TensorList, value: float) -> TensorList:
 
 def _rsqrt_(tensors: TensorList) -> None:
     """``t = 1 / sqrt(t)`` in place (torch 2.6-2.10's DTensor has no foreach rsqrt)."""
-    if not _is_dtensor(tensors[0]):
+    if not is_dtensor(tensors[0]):
         torch._foreach_rsqrt_(tensors)
         return
     for t in tensors:

@@ -44,7 +44,14 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import Optimizer
 
-from torch_opt._math import as_real, check_group_keys, resolve_scale, stat_dtype, whole
+from torch_opt._math import (
+    as_real,
+    check_group_keys,
+    is_dtensor,
+    resolve_scale,
+    stat_dtype,
+    whole,
+)
 from torch_opt._wrapper import SharesBase
 from twinopt._checks import check_choice, check_nonnegative, check_positive, fail
 from twinopt.schedules import MODES, amos_decay, decay_factor  # the schedule is framework-free
@@ -73,7 +80,7 @@ def _unit(u: Tensor) -> Tensor:
     if u.numel() == 0:
         return u.clone()
     one = torch.ones((), dtype=u.dtype, device=u.device)
-    if type(u).__name__ == "DTensor":  # FSDP2: a rank's shard may be empty, where amax fails
+    if is_dtensor(u):  # FSDP2: a rank's shard may be empty, where amax fails
         norm = whole(torch.linalg.vector_norm(u))
         return u / torch.where(norm > 0, norm, one)
     peak = u.abs().amax()

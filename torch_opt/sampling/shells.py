@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from torch_opt._math import TORCH_WORDING, check_group_keys, sparse_grad_error
+from torch_opt._math import TORCH_WORDING, check_group_keys, is_dtensor, sparse_grad_error
 from torch_opt._native.sampling import native_propose, takes
 from torch_opt.sampling.kernels import (
     _density_weights,
@@ -500,7 +500,7 @@ class MGS(Optimizer):
             if p.is_complex():
                 self.param_groups.pop()
                 raise TypeError("MGS does not support complex parameters")
-            if type(p).__name__ == "DTensor":
+            if is_dtensor(p):
                 self.param_groups.pop()
                 raise TypeError(
                     "MGS does not support DTensor parameters (FSDP2): a candidate perturbs "
